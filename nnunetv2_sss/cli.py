@@ -1,0 +1,105 @@
+"""The ``nnUNetv2_sss_*`` commands of the foundation (argument parsing only)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def trainers_path_entry() -> None:
+    """Print the folder to put into ``nnUNet_extTrainer``."""
+    import nnunetv2_sss.trainers
+    print(os.path.dirname(os.path.abspath(nnunetv2_sss.trainers.__file__)))
+
+
+def _fail(message: str) -> None:
+    print(f"ERROR: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def preprocess_unlabeled_entry() -> None:
+    parser = argparse.ArgumentParser(
+        description="Preprocess nnUNet_raw/DatasetXXX/imagesUnlabeled with the dataset's plans into "
+                    "nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled.")
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-c", nargs="+", default=["2d", "3d_fullres"], help="configurations (default: 2d 3d_fullres)")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    parser.add_argument("-np", type=int, default=None, help="processes (default: nnU-Net's default_num_processes)")
+    parser.add_argument("--clean", action="store_true", help="redo cases that are already preprocessed")
+    args = parser.parse_args()
+
+    from nnunetv2.configuration import default_num_processes
+    from nnunetv2_sss.data.unlabeled_preprocessing import preprocess_unlabeled
+    from nnunetv2_sss.data.unlabeled_raw import UnlabeledDataError
+    try:
+        preprocess_unlabeled(args.d, args.c, args.p, args.np if args.np is not None else default_num_processes,
+                             args.clean)
+    except UnlabeledDataError as error:
+        _fail(str(error))
+
+
+def make_splits_entry() -> None:
+    parser = argparse.ArgumentParser(
+        description="Five-fold splits with only some training cases labeled: writes splits_final.json "
+                    "(train = labeled cases) and splits_semi_supervised.json (labeled / unlabeled per fold).")
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    amount = parser.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--num-labeled", type=int, help="labeled cases (or groups) per fold")
+    amount.add_argument("--labeled-fraction", type=float, help="share of each fold's training cases that is labeled")
+    parser.add_argument("--seed", type=int, default=12345)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--group-regex", default=None,
+                        help="keep cases whose ids share this regex match together, e.g. 'patient\\d+' for ACDC")
+    parser.add_argument("--force", action="store_true", help="replace an existing splits_final.json")
+    args = parser.parse_args()
+
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+    from nnunetv2_sss.data.splits import group_by_regex, make_semi_supervised_splits
+
+    dataset_name = maybe_convert_to_dataset_name(args.d)
+    raw_folder = join(nnUNet_raw, dataset_name)
+    identifiers = list(get_filenames_of_train_images_and_targets(raw_folder, load_json(join(raw_folder, "dataset.json"))))
+    try:
+        splits = make_semi_supervised_splits(join(nnUNet_preprocessed, dataset_name), identifiers, args.num_labeled,
+                                             args.labeled_fraction, args.seed, args.folds,
+                                             group_by_regex(args.group_regex), args.force)
+    except (ValueError, FileExistsError) as error:
+        _fail(str(error))
+    for fold, split in enumerate(splits):
+        print(f"fold {fold}: {len(split['labeled'])} labeled, {len(split['unlabeled'])} unlabeled")
+
+
+def make_demo_dataset_entry() -> None:
+    parser = argparse.ArgumentParser(
+        description="Build the built-in demo dataset (pseudo-subjects deformed from the MNI152 template "
+                    "shipped with nilearn) in nnUNet_raw.")
+    parser.add_argument("-d", type=int, default=990, help="dataset id (default 990)")
+    parser.add_argument("--labeled", type=int, default=8)
+    parser.add_argument("--unlabeled", type=int, default=12)
+    parser.add_argument("--test", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2_sss.data.demo_dataset import build_demo_dataset
+    folder = build_demo_dataset(nnUNet_raw, args.d, args.labeled, args.unlabeled, args.test, args.seed)
+    print(folder)
+
+
+def demo_entry() -> None:
+    parser = argparse.ArgumentParser(
+        description="End-to-end demo on CPU: build the demo dataset, plan and preprocess, preprocess unlabeled "
+                    "images, train a semi-supervised trainer briefly, predict the held-out cases, print Dice.")
+    parser.add_argument("--workdir", default="demo_work", help="folder for nnUNet_raw/preprocessed/results")
+    parser.add_argument("-tr", default="nnUNetTrainerUniMatchV2", help="trainer (default nnUNetTrainerUniMatchV2)")
+    parser.add_argument("-c", default="2d", help="configuration (default 2d)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=25)
+    parser.add_argument("-device", default="cpu")
+    args = parser.parse_args()
+
+    from nnunetv2_sss.demo import run_demo
+    run_demo(os.path.abspath(args.workdir), args.tr, args.c, args.epochs, args.iterations, args.device)

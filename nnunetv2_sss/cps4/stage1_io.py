@@ -1,0 +1,86 @@
+"""Where CPS4 stage 1 keeps its result, and how stage 2 loads it.
+
+``nnUNet_results/DatasetXXX_Name/cps4_pretraining__PLANS__CONFIGURATION/fold_K/`` holds
+``cps4_stage1.pt`` (model config, weights incl. the class-prompt embeddings, metadata),
+``cps4_stage1.json`` (the same metadata, readable), ``training_log.csv`` and
+``attention_maps/``. Files are written to a temporary name and moved into place
+(``os.replace``), so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+
+from nnunetv2_sss.cps4.model import ClassPromptConfig, ClassPromptModel
+
+FOLDER_PREFIX = "cps4_pretraining"
+WEIGHTS_FILE = "cps4_stage1.pt"
+METADATA_FILE = "cps4_stage1.json"
+FORMAT_VERSION = 1
+
+
+def stage1_output_folder(dataset_name: str, plans: str, fold: int, configuration: str = "2d",
+                         results_root: Optional[Union[str, Path]] = None) -> Path:
+    """Stage-1 folder of a dataset/plans/fold; ``results_root`` defaults to ``nnUNet_results``."""
+    if results_root is None:
+        from nnunetv2.paths import nnUNet_results as results_root
+        if results_root is None:
+            raise RuntimeError("environment variable nnUNet_results is not set")
+    return Path(results_root) / dataset_name / f"{FOLDER_PREFIX}__{plans}__{configuration}" / f"fold_{fold}"
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` then ``os.replace(tmp, path)``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_stage1(folder: Path, model: ClassPromptModel, metadata: dict) -> None:
+    """Write weights + config + metadata (JSON-serialisable dict) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"format_version": FORMAT_VERSION, "config": model.cfg.to_dict(),
+                  "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                  "metadata": metadata}
+    atomic_write(folder / WEIGHTS_FILE, lambda p: torch.save(checkpoint, p))
+    text = json.dumps({"config": model.cfg.to_dict(), **metadata}, indent=2)
+    atomic_write(folder / METADATA_FILE, lambda p: p.write_text(text))
+
+
+def _command_hint(folder: Path) -> str:
+    """The stage-1 command that writes ``folder`` (read from the folder's name where possible)."""
+    match = re.fullmatch(rf"{FOLDER_PREFIX}__(.+)__(.+)", folder.parent.name)
+    fold = folder.name.removeprefix("fold_")
+    if match is None:
+        return "nnUNetv2_sss_pretrain_cps4 -d DATASET -c 2d -f FOLD"
+    return f"nnUNetv2_sss_pretrain_cps4 -d {folder.parent.parent.name} -c {match[2]} -f {fold} -p {match[1]}"
+
+
+def read_stage1_metadata(folder: Union[str, Path]) -> dict:
+    """The metadata dict saved with the stage-1 weights (class names, prompts, cases, ...)."""
+    return _read_checkpoint(Path(folder))["metadata"]
+
+
+def _read_checkpoint(folder: Path) -> dict:
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"CPS4 stage-1 weights {path} not found: run `{_command_hint(folder)}` first")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if checkpoint.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: unknown format version {checkpoint.get('format_version')!r}")
+    return checkpoint
+
+
+def load_stage1(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> ClassPromptModel:
+    """The frozen (eval mode, no gradients) stage-1 model of ``folder`` on ``device``."""
+    checkpoint = _read_checkpoint(Path(folder))
+    state = checkpoint["state_dict"]
+    model = ClassPromptModel(ClassPromptConfig.from_dict(checkpoint["config"]), state["text_embeddings"])
+    model.load_state_dict(state)
+    model.requires_grad_(False)
+    return model.to(device).eval()

@@ -1,0 +1,55 @@
+"""Class-prompt pseudo-labels of CPS4 stage 2 (METHOD §2.2).
+
+``y_text``: every class's attention map is up-sampled bilinearly to the image size and
+thresholded with its own Otsu threshold (``skimage.filters.threshold_otsu``; a pixel fires
+when its attention is strictly above the threshold, skimage's convention, so a constant map
+fires nowhere). The binary maps are stacked into one label map: where several classes fire
+the one with the highest attention wins, where none fires the label is 0 (background).
+Channel ``k`` of the attention is label ``k``; when channel 0 (background) fires and is
+highest the label is 0 as well.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from skimage.filters import threshold_otsu
+
+
+def otsu_thresholds(maps: torch.Tensor) -> torch.Tensor:
+    """Otsu threshold of every 2-D map: ``[B, K, H, W]`` -> ``[B, K]`` (same device, float32)."""
+    flat = maps.detach().float().cpu().numpy().reshape(-1, *maps.shape[-2:])
+    thresholds = np.array([threshold_otsu(m) for m in flat], dtype=np.float32)
+    return torch.from_numpy(thresholds).view(maps.shape[:2]).to(maps.device)
+
+
+def attention_to_label_map(attention: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+    """``A [B, K, h, w]`` -> ``y_text`` ``[B, H, W]`` (int64) with ``(H, W) = out_size``."""
+    if attention.ndim != 4:
+        raise ValueError(f"attention must be [B, K, h, w], got shape {tuple(attention.shape)}")
+    up = F.interpolate(attention.detach().float(), size=tuple(out_size), mode="bilinear", align_corners=False)
+    fires = up > otsu_thresholds(up)[..., None, None]
+    score = torch.where(fires, up, torch.full_like(up, -torch.inf))
+    return torch.where(fires.any(1), score.argmax(1), torch.zeros_like(score[:, 0], dtype=torch.long))
+
+
+def enhanced_pseudo_label(teacher_probs: torch.Tensor, text_labels: torch.Tensor,
+                          text_weight: float = 1.0) -> torch.Tensor:
+    """``argmax_c(teacher_probs + text_weight * one_hot(text_labels))``: ``[B, C, ...]``, ``[B, ...]`` -> ``[B, ...]``.
+
+    With the paper's ``text_weight = 1`` and probabilities that sum to 1 the text label always
+    wins (``p_t + 1 >= 1 - p_t >= p_c``; a tie only where the teacher is exactly certain of
+    another class), so the merge equals ``text_labels``. With ``text_weight < 1`` the teacher
+    overrides the text label where its probability exceeds ``p_t + text_weight``.
+    """
+    num_classes = teacher_probs.shape[1]
+    if text_labels.shape != teacher_probs.shape[:1] + teacher_probs.shape[2:]:
+        raise ValueError(f"text labels {tuple(text_labels.shape)} do not match teacher probabilities "
+                         f"{tuple(teacher_probs.shape)} (expected [B, ...] for [B, C, ...])")
+    if text_labels.min() < 0 or text_labels.max() >= num_classes:
+        raise ValueError(f"text labels must lie in 0..{num_classes - 1}, got "
+                         f"{int(text_labels.min())}..{int(text_labels.max())}")
+    one_hot = F.one_hot(text_labels.long(), num_classes).movedim(-1, 1).to(teacher_probs.dtype)
+    return (teacher_probs + text_weight * one_hot).argmax(1)

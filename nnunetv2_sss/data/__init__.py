@@ -1,0 +1,1 @@
+"""Unlabeled data: discovery and validation, preprocessing, splits, loaders, datasets."""

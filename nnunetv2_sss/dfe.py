@@ -1,0 +1,130 @@
+"""Discriminative Feature Enhancement (DFE) of the SSS paper, METHOD.md §1.2.
+
+DFE sits between the encoder and the decoder. For every encoder scale ``i`` it takes the
+features of two strongly augmented views, ``F_a`` and ``F_b`` (each ``(B, C_i, *spatial)``),
+and returns the decoder input of view ``a``:
+
+    v_a, v_b = GAP(F_a), GAP(F_b)                       # (B, C_i), mean over all spatial axes
+    S        = cos(v_a, v_b)                            # (B,), one value per image
+    w        = sigmoid(S)
+    F_fused  = w · MLP_i(F_a) + (1 − w) · MLP_i(F_b)    # MLP_i position-wise, shared by both views
+    ΔF       = (1 − S) · (F_b − F_a)
+    F_adj    = F_fused + ΔF
+    out      = Proj_i(concat(F_a, F_adj))               # 1x1 conv, 2·C_i → C_i
+
+With one view (labeled patches, the teacher, inference) DFE is ``DFE(F, F)``: ``S = 1``,
+``ΔF = 0`` and ``F_adj = MLP_i(F)``, which is what the single-view path computes directly.
+The second view's decoder input is ``DFE(F_b, F_a)``: call the module with the lists swapped.
+
+Choices where METHOD.md is silent: ``MLP_i`` is 1x1 conv → GELU → 1x1 conv with
+``round(mlp_hidden_ratio · C_i)`` hidden channels (default ratio 1); every layer keeps
+PyTorch's default initialisation; gradients flow through ``S`` as well (nothing detached);
+``S`` is computed in float32; two all-zero pooled vectors give ``S = 0`` (torch's
+``cosine_similarity`` clamps the norms).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv1x1(dim: int, in_channels: int, out_channels: int) -> nn.Module:
+    if dim == 2:
+        return nn.Conv2d(in_channels, out_channels, kernel_size=1)
+    return nn.Conv3d(in_channels, out_channels, kernel_size=1)
+
+
+def view_similarity(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
+    """``S`` = cosine similarity of the globally average-pooled features, shape (B,), float32.
+
+    f_a, f_b: (B, C, *spatial) of one scale.
+    """
+    v_a = f_a.float().flatten(2).mean(dim=2)
+    v_b = f_b.float().flatten(2).mean(dim=2)
+    return F.cosine_similarity(v_a, v_b, dim=1)
+
+
+class ScaleDFE(nn.Module):
+    """DFE at one scale: ``(F_a, F_b) → Proj(concat(F_a, F_adj))``, shapes (B, C, *spatial)."""
+
+    def __init__(self, channels: int, dim: int, mlp_hidden_ratio: float = 1.0):
+        super().__init__()
+        hidden = max(1, round(mlp_hidden_ratio * channels))
+        self.channels = channels
+        self.mlp = nn.Sequential(_conv1x1(dim, channels, hidden), nn.GELU(), _conv1x1(dim, hidden, channels))
+        self.project = _conv1x1(dim, 2 * channels, channels)
+
+    def adjusted(self, f_a: torch.Tensor, f_b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``F_adj`` (B, C, *spatial); ``f_b`` None (or the same tensor as ``f_a``) is ``DFE(F, F)``."""
+        if f_b is None or f_b is f_a:
+            return self.mlp(f_a)
+        # one MLP call for both views: the MLP is shared and position-wise
+        mlp_a, mlp_b = self.mlp(torch.cat([f_a, f_b])).chunk(2)
+        s = view_similarity(f_a, f_b).to(f_a.dtype).view(-1, *([1] * (f_a.dim() - 1)))
+        w = torch.sigmoid(s)
+        return w * mlp_a + (1 - w) * mlp_b + (1 - s) * (f_b - f_a)
+
+    def forward(self, f_a: torch.Tensor, f_b: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.project(torch.cat([f_a, self.adjusted(f_a, f_b)], dim=1))
+
+
+class DiscriminativeFeatureEnhancement(nn.Module):
+    """DFE over the encoder's scales (finest first), one :class:`ScaleDFE` per enhanced scale.
+
+    channels_per_scale: ``C_i`` of every scale, in the order the encoder returns them.
+    dim: 2 or 3, the number of spatial axes of the features.
+    mlp_hidden_ratio: hidden width of each ``MLP_i`` relative to ``C_i``.
+    scales: indices of the scales that get DFE (default: all). The others are returned
+        unchanged (``F_a``), e.g. to leave the large stride-4 maps of 3-D patches alone and
+        save memory; their decoder input is then the plain encoder feature.
+    """
+
+    def __init__(self, channels_per_scale: Sequence[int], dim: int, mlp_hidden_ratio: float = 1.0,
+                 scales: Optional[Sequence[int]] = None):
+        super().__init__()
+        channels = [int(c) for c in channels_per_scale]
+        if not channels or min(channels) < 1:
+            raise ValueError(f"DFE: channels_per_scale must be a non-empty list of positive ints, got {channels_per_scale!r}")
+        if dim not in (2, 3):
+            raise ValueError(f"DFE: dim must be 2 or 3, got {dim!r}")
+        if mlp_hidden_ratio <= 0:
+            raise ValueError(f"DFE: mlp_hidden_ratio must be > 0, got {mlp_hidden_ratio!r}")
+        enhanced = range(len(channels)) if scales is None else sorted(set(int(i) for i in scales))
+        if any(not 0 <= i < len(channels) for i in enhanced):
+            raise ValueError(f"DFE: scales {scales!r} out of range for {len(channels)} scales")
+        self.channels_per_scale = channels
+        self.dim = dim
+        self.per_scale = nn.ModuleDict({str(i): ScaleDFE(channels[i], dim, mlp_hidden_ratio) for i in enhanced})
+
+    def _check(self, name: str, features: Sequence[torch.Tensor]) -> None:
+        if len(features) != len(self.channels_per_scale):
+            raise ValueError(f"DFE: {name} has {len(features)} scales, expected {len(self.channels_per_scale)}")
+        for i, (f, c) in enumerate(zip(features, self.channels_per_scale)):
+            if f.dim() != self.dim + 2 or f.shape[1] != c:
+                raise ValueError(f"DFE: {name}[{i}] has shape {tuple(f.shape)}, expected (B, {c}, "
+                                 f"{self.dim} spatial axes)")
+
+    def forward(self, features_a: Sequence[torch.Tensor],
+                features_b: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
+        """Decoder inputs of view ``a``: one (B, C_i, *spatial_i) tensor per scale.
+
+        features_b: the other view's features (same shapes), or None for ``DFE(F, F)``.
+        """
+        self._check("features_a", features_a)
+        if features_b is not None:
+            self._check("features_b", features_b)
+            for i, (f_a, f_b) in enumerate(zip(features_a, features_b)):
+                if f_a.shape != f_b.shape:
+                    raise ValueError(f"DFE: features_a[{i}] {tuple(f_a.shape)} and features_b[{i}] "
+                                     f"{tuple(f_b.shape)} differ in shape")
+        out = []
+        for i, f_a in enumerate(features_a):
+            key = str(i)
+            if key not in self.per_scale:
+                out.append(f_a)
+                continue
+            out.append(self.per_scale[key](f_a, None if features_b is None else features_b[i]))
+        return out

@@ -1,0 +1,85 @@
+"""Every ``nnUNet_sss_*`` environment variable of the plugin, read in one place.
+
+Trainers and commands never read ``os.environ`` themselves; they call the functions
+here, so the README's table of variables and this module stay the same list.
+
+| variable                              | meaning                                               |
+|---------------------------------------|-------------------------------------------------------|
+| nnUNet_sss_num_epochs                 | overrides ``num_epochs`` of every plugin trainer      |
+| nnUNet_sss_iterations_per_epoch       | overrides ``num_iterations_per_epoch``                |
+| nnUNet_sss_val_iterations_per_epoch   | overrides ``num_val_iterations_per_epoch``            |
+| nnUNet_sss_sam2_config                | SAM-2 config name or YAML file (``sam2.1_hiera_s``)   |
+| nnUNet_sss_sam2_checkpoint            | SAM-2 ``.pt`` file or ``random`` (needed to train)    |
+| nnUNet_sss_text_encoder               | local folder of a Hugging Face text encoder (CPS4)    |
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+NUM_EPOCHS = "nnUNet_sss_num_epochs"
+ITERATIONS_PER_EPOCH = "nnUNet_sss_iterations_per_epoch"
+VAL_ITERATIONS_PER_EPOCH = "nnUNet_sss_val_iterations_per_epoch"
+SAM2_CONFIG = "nnUNet_sss_sam2_config"
+SAM2_CHECKPOINT = "nnUNet_sss_sam2_checkpoint"
+TEXT_ENCODER = "nnUNet_sss_text_encoder"
+
+DEFAULT_SAM2_CONFIG = "sam2.1_hiera_s"
+RANDOM_WEIGHTS = "random"
+
+
+def _positive_int(name: str) -> Optional[int]:
+    """The value of ``name`` as a positive int, ``None`` when unset or empty."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+    if value < 1:
+        raise ValueError(f"environment variable {name}={raw!r} must be >= 1")
+    return value
+
+
+def num_epochs() -> Optional[int]:
+    return _positive_int(NUM_EPOCHS)
+
+
+def iterations_per_epoch() -> Optional[int]:
+    return _positive_int(ITERATIONS_PER_EPOCH)
+
+
+def val_iterations_per_epoch() -> Optional[int]:
+    return _positive_int(VAL_ITERATIONS_PER_EPOCH)
+
+
+def sam2_config() -> str:
+    return os.environ.get(SAM2_CONFIG, "").strip() or DEFAULT_SAM2_CONFIG
+
+
+def sam2_checkpoint() -> Optional[str]:
+    """Path of the SAM-2 checkpoint, the string ``random``, or ``None`` when unset."""
+    return os.environ.get(SAM2_CHECKPOINT, "").strip() or None
+
+
+def require_sam2_checkpoint() -> str:
+    """``random`` or the path of an existing SAM-2 checkpoint file; a clear error otherwise.
+
+    Called when a SAM-2 trainer starts training (not at prediction, where the weights come
+    from the nnU-Net checkpoint).
+    """
+    value = sam2_checkpoint()
+    if value is None:
+        raise RuntimeError(
+            f"{SAM2_CHECKPOINT} is not set. Set it to the path of a SAM-2 / SAM-2.1 / MedSAM-2 checkpoint "
+            f"(.pt, a dict with a 'model' state dict) that matches {SAM2_CONFIG}={sam2_config()!r}, "
+            f"or to '{RANDOM_WEIGHTS}' to start the SAM-2 encoder from random weights.")
+    if value != RANDOM_WEIGHTS and not os.path.isfile(os.path.expanduser(value)):
+        raise FileNotFoundError(f"{SAM2_CHECKPOINT}={value!r}: file not found")
+    return value if value == RANDOM_WEIGHTS else os.path.expanduser(value)
+
+
+def text_encoder() -> Optional[str]:
+    """Local folder of a Hugging Face text encoder, ``None`` for the offline default."""
+    return os.environ.get(TEXT_ENCODER, "").strip() or None

@@ -1,0 +1,1 @@
+"""Pieces every semi-supervised trainer shares: EMA teacher, views, CutMix, dropout, losses."""

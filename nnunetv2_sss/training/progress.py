@@ -1,0 +1,60 @@
+"""nnU-Net's local logger with the semi-supervised figures added (log and progress.png)."""
+from __future__ import annotations
+
+from typing import Dict, Sequence
+
+import matplotlib
+from batchgenerators.utilities.file_and_folder_operations import join
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
+
+
+class SemiSupervisedLocalLogger(LocalLogger):
+    """Adds one list per semi-supervised figure (one value per epoch, as nnU-Net's keys)
+    and draws them as a fourth panel under nnU-Net's three in ``progress.png``.
+
+    ``figures`` maps logger key -> legend label, e.g. ``{'ssl_unlabeled_loss': 'unlabeled loss'}``.
+    """
+
+    def __init__(self, figures: Dict[str, str], verbose: bool = False):
+        super().__init__(verbose)
+        self.figures = dict(figures)
+        for key in self.figures:
+            self.my_fantastic_logging[key] = []
+
+    def load_checkpoint(self, checkpoint: dict):
+        """Restore, keeping figure lists a checkpoint may lack (e.g. added in a newer version)."""
+        super().load_checkpoint(checkpoint)
+        num_epochs = len(self.my_fantastic_logging["train_losses"])
+        for key in self.figures:
+            self.my_fantastic_logging.setdefault(key, [float("nan")] * num_epochs)
+
+    def plot_progress_png(self, output_folder: str):
+        """nnU-Net's progress.png, then the same file with the semi-supervised panel appended."""
+        super().plot_progress_png(output_folder)
+        epoch = min(len(v) for v in self.my_fantastic_logging.values()) - 1
+        path = join(output_folder, "progress.png")
+        nnunet_panels = plt.imread(path)
+        height, width = nnunet_panels.shape[:2]
+        dpi = 100
+        fig = plt.figure(figsize=(width / dpi, height * 4 / 3 / dpi), dpi=dpi)
+        top = fig.add_axes((0, 0.25, 1, 0.75))
+        top.imshow(nnunet_panels)
+        top.axis("off")
+        ax = fig.add_axes((0.08, 0.03, 0.84, 0.19))
+        x_values = list(range(epoch + 1))
+        for key, label in self.figures.items():
+            ax.plot(x_values, self.my_fantastic_logging[key][: epoch + 1], label=label, linewidth=4)
+        ax.set_xlabel("epoch", fontsize=28)
+        ax.set_ylabel("semi-supervised", fontsize=28)
+        ax.tick_params(labelsize=24)
+        ax.legend(loc=(0, 1), ncol=max(1, len(self.figures)), fontsize=24)
+        fig.savefig(path, dpi=dpi)
+        plt.close(fig)
+
+
+def figures_summary(values: Dict[str, float], keys: Sequence[str]) -> str:
+    """``'key: value, ...'`` of the given keys, 4 decimals, for the epoch log line."""
+    return ", ".join(f"{k}: {values[k]:.4f}" for k in keys)

@@ -1,0 +1,257 @@
+"""``nnUNetTrainerSemiSupervised``: the machinery every semi-supervised trainer shares.
+
+- a second loader of unlabeled patches (weak view = nnU-Net's spatial augmentation of the
+  same patch size, plus ``num_strong_views`` strong views), drawn from
+  ``<data_identifier>_unlabeled`` (``nnUNetv2_sss_preprocess_unlabeled``) and from the
+  cases the fold's ``splits_semi_supervised.json`` marks unlabeled (images only);
+- an EMA teacher updated every iteration, parameters and buffers,
+  ``alpha = min(1 - 1/(it + 1), ema_decay)``;
+- ``L = L_l + w(epoch) * L_u`` with nnU-Net's own loss as ``L_l`` and an optional
+  sigmoid ramp-up of ``w`` over the first ``unlabeled_rampup_fraction`` of training;
+- teacher, student and iteration counter in every checkpoint; the teacher's weights are
+  the checkpoint's ``network_weights`` (what ``nnUNetv2_predict`` loads), and pseudo Dice
+  and final validation use the teacher, unless ``export_teacher = False``;
+- per-epoch figures (unlabeled loss, confident-voxel share, ...) in the log and progress.png.
+
+Subclasses implement :meth:`unlabeled_loss` and set class attributes.
+"""
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from typing import Dict, List, Tuple
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from torch import autocast
+
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2_sss.data.splits import hidden_label_cases
+from nnunetv2_sss.data.unlabeled_loader import UnlabeledDataLoader, UnlabeledImages
+from nnunetv2_sss.data.unlabeled_preprocessing import done_cases, unlabeled_folder
+from nnunetv2_sss.ssl.ema import ema_momentum, ema_update, make_teacher
+from nnunetv2_sss.ssl.views import strong_view_transforms, weak_view_transforms
+from nnunetv2_sss.training.base import nnUNetTrainerPlugin, unwrap
+from nnunetv2_sss.training.progress import SemiSupervisedLocalLogger
+
+
+def first_output(output):
+    """Full-resolution logits of a network output (deep supervision returns a list)."""
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
+    ema_decay = 0.996
+    unlabeled_loss_weight = 1.0
+    unlabeled_rampup_fraction = 0.0   # share of num_epochs over which w ramps up (sigmoid)
+    confidence_threshold = 0.95
+    num_strong_views = 1
+    min_unlabeled_batch_size = 1
+    export_teacher = True
+    # logger key -> legend; subclasses extend with their own figures
+    ssl_figures = {'ssl_unlabeled_loss': 'unlabeled loss', 'ssl_confident_share': 'confident voxel share',
+                   'ssl_unlabeled_weight': 'unlabeled loss weight'}
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.teacher = None
+        self.ssl_iteration = 0
+        self.dataloader_unlabeled = None
+        self.logger.local_logger = SemiSupervisedLocalLogger(self.ssl_figures)
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def initialize(self):
+        super().initialize()
+        self.teacher = make_teacher(unwrap(self.network))
+
+    def unlabeled_sources(self) -> List[Tuple[str, List[str]]]:
+        """``(folder, case ids)`` of the fold's unlabeled pool; raises if it is empty."""
+        identifier = self.configuration_manager.data_identifier
+        folder = unlabeled_folder(self.preprocessed_dataset_folder_base, identifier)
+        sources = [(folder, done_cases(folder)),
+                   (self.preprocessed_dataset_folder, hidden_label_cases(self.preprocessed_dataset_folder_base,
+                                                                          self.fold))]
+        sources = [(f, cases) for f, cases in sources if cases]
+        if not sources:
+            dataset = self.plans_manager.dataset_name
+            raise RuntimeError(
+                f"{self.__class__.__name__} needs unlabeled data but {folder} holds no preprocessed case and "
+                f"{os.path.join(self.preprocessed_dataset_folder_base, 'splits_semi_supervised.json')} marks no "
+                f"case of fold {self.fold} as unlabeled. Put scans into nnUNet_raw/{dataset}/imagesUnlabeled and run "
+                f"'nnUNetv2_sss_preprocess_unlabeled -d {dataset} -c {self.configuration_name} -p "
+                f"{self.plans_manager.plans_name}', or simulate label scarcity with 'nnUNetv2_sss_make_splits'.")
+        return sources
+
+    def do_split(self):
+        tr_keys, val_keys = super().do_split()
+        hidden = set(hidden_label_cases(self.preprocessed_dataset_folder_base, self.fold))
+        leaked = sorted(hidden & set(tr_keys))
+        if leaked:
+            raise RuntimeError(f"splits_final.json lists {leaked} as labeled training cases of fold {self.fold}, "
+                               f"but splits_semi_supervised.json marks them unlabeled. Re-run nnUNetv2_sss_make_splits.")
+        return tr_keys, val_keys
+
+    def get_unlabeled_dataloader(self):
+        """Unlabeled loader wrapped in nnU-Net's augmenter (same worker policy as the labeled one)."""
+        images = UnlabeledImages(self.unlabeled_sources())
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        patch_size = tuple(self.configuration_manager.patch_size)
+        loader = UnlabeledDataLoader(
+            images, max(self.batch_size, self.min_unlabeled_batch_size), initial_patch_size, patch_size,
+            self.label_manager, weak_view_transforms(patch_size, rotation, mirror_axes, dummy_2d),
+            strong_view_transforms(), self.num_strong_views)
+        self.print_to_log_file(f"Unlabeled pool: {len(images)} cases, batch size {loader.batch_size}")
+        processes = get_allowed_n_proc_DA()
+        if processes == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(loader, None, max(1, processes // 2), num_cached=max(3, processes // 2),
+                                            seeds=None, pin_memory=self.device.type == 'cuda', wait_time=0.002)
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        self.unlabeled_sources()  # fail before nnU-Net starts its workers
+        super().on_train_start()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+
+    # ---- the objective ----------------------------------------------------------------------
+    def unlabeled_weight(self) -> float:
+        """``lambda_u`` times the sigmoid ramp-up ``exp(-5 (1 - t)^2)``, ``t`` = progress through
+        the first ``unlabeled_rampup_fraction`` of the epochs."""
+        rampup_epochs = self.unlabeled_rampup_fraction * self.num_epochs
+        if rampup_epochs <= 0:
+            return self.unlabeled_loss_weight
+        t = min(1.0, self.current_epoch / rampup_epochs)
+        return self.unlabeled_loss_weight * math.exp(-5.0 * (1.0 - t) ** 2)
+
+    @torch.no_grad()
+    def teacher_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Teacher's softmax ``(B, K, *spatial)`` on ``x`` (full resolution output)."""
+        return torch.softmax(first_output(self.teacher(x)).float(), 1)
+
+    def supervised_loss(self, data: torch.Tensor, target) -> torch.Tensor:
+        """nnU-Net's own loss (Dice + CE, deep supervision) on the labeled batch."""
+        return self.loss(self.network(data), target)
+
+    def unlabeled_loss(self, unlabeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The method's unlabeled loss on one unlabeled batch (already on the device) and its
+        figures, a dict with at least ``ssl_confident_share``."""
+        raise NotImplementedError
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        unlabeled = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
+                     for k, v in next(self.dataloader_unlabeled).items()}
+        weight = self.unlabeled_weight()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            loss_labeled = self.supervised_loss(data, target)
+            loss_unlabeled, figures = self.unlabeled_loss(unlabeled)
+            if not torch.isfinite(loss_unlabeled):
+                self.print_to_log_file(f"WARNING: non-finite unlabeled loss at iteration {self.ssl_iteration} "
+                                       f"(cases {unlabeled['keys']}); this batch's unlabeled loss is skipped.")
+                loss_unlabeled = torch.zeros((), device=self.device)
+            loss = loss_labeled + weight * loss_unlabeled
+
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        self.update_teacher()
+        return {'loss': loss.detach().cpu().numpy(), 'ssl_unlabeled_loss': float(loss_unlabeled.detach()),
+                'ssl_unlabeled_weight': weight, **figures}
+
+    def update_teacher(self) -> None:
+        """EMA step; skipped (with a log line) if the student holds non-finite weights."""
+        student = unwrap(self.network)
+        if not all(torch.isfinite(p).all() for p in student.parameters()):
+            self.print_to_log_file(f"WARNING: non-finite student weights at iteration {self.ssl_iteration}; "
+                                   f"the teacher is not updated.")
+        else:
+            ema_update(self.teacher, student, ema_momentum(self.ssl_iteration, self.ema_decay))
+        self.ssl_iteration += 1
+
+    # ---- logging ------------------------------------------------------------------------------
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        outputs = collate_outputs(train_outputs)
+        for key in self.ssl_figures:
+            value = float(np.nanmean(outputs[key])) if key in outputs else float('nan')
+            if self.is_ddp:
+                gathered = [None] * torch.distributed.get_world_size()
+                torch.distributed.all_gather_object(gathered, value)
+                value = float(np.nanmean(gathered))
+            self.logger.log(key, value, self.current_epoch)
+
+    def on_epoch_end(self):
+        self.print_to_log_file(', '.join(f"{label}: {np.round(self.logger.get_value(key, step=-1), 4)}"
+                                         for key, label in self.ssl_figures.items()))
+        super().on_epoch_end()
+
+    # ---- the exported (teacher) model -----------------------------------------------------------
+    @contextmanager
+    def exported_network_in_place(self):
+        """Temporarily make ``self.network`` the exported model (teacher unless ``export_teacher`` is False)."""
+        if not self.export_teacher:
+            yield
+            return
+        student, self.network = self.network, self.teacher
+        try:
+            yield
+        finally:
+            self.network = student
+
+    def on_validation_epoch_start(self):
+        self._validation_context = self.exported_network_in_place()
+        self._validation_context.__enter__()
+        super().on_validation_epoch_start()
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        self._validation_context.__exit__(None, None, None)
+        super().on_validation_epoch_end(val_outputs)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        with self.exported_network_in_place():
+            super().perform_actual_validation(save_probabilities)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        super().set_deep_supervision_enabled(enabled)
+        if self.teacher is not None:
+            self.teacher.decoder.deep_supervision = enabled
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def exported_network_weights(self) -> dict:
+        return self.teacher.state_dict() if self.export_teacher else unwrap(self.network).state_dict()
+
+    def extra_checkpoint_state(self) -> dict:
+        return {'student_weights': unwrap(self.network).state_dict(), 'teacher_weights': self.teacher.state_dict(),
+                'ssl_iteration': self.ssl_iteration}
+
+    def trained_network_weights(self, checkpoint: dict) -> dict:
+        return checkpoint.get('student_weights', checkpoint['network_weights'])
+
+    def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        self.teacher.load_state_dict(checkpoint.get('teacher_weights', checkpoint['network_weights']))
+        self.ssl_iteration = checkpoint.get('ssl_iteration', 0)
