@@ -7,8 +7,9 @@ PCSW: 32×128×128 predicted label volumes with 6 foreground classes, one thread
   tubes — every class a tube through all slices (every window valid at once);
   noise — argmax of smoothed noise, every class everywhere in fragments (the worst case:
           many windows are checked and fail).
-DFE: forward (two-view and single-view) on SAM-2 Hiera-S trunk widths (96, 192, 384, 768)
-at strides 4..32 of a 2-D 256×256 patch and of a 3-D 16×128×128 patch, batch 2.
+DFE: both views (training), twice the forward, one view, on the SAM-2 encoder's output
+(FPN neck: 256 channels at in-plane strides 4, 8, 16, 32; the slice axis of 3-D patches is
+not downsampled) for a 2-D 256×256 patch and a 3-D 16×128×128 patch, batch 2.
 
     python benchmarks/bench_pcsw.py [--volumes 20] [--repeats 3] [--device cpu|cuda]
 """
@@ -62,28 +63,33 @@ def noise_volume(rng: np.random.Generator) -> np.ndarray:
 
 def bench_pcsw(volumes: int, repeats: int) -> None:
     print(f"PCSW, {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]}, {NUM_CLASSES} classes, tau 0.8, 1 thread")
-    print(f"{'volumes':8s} {'vol/s':>8s} {'ms/vol':>8s} {'accepted':>9s} {'classes/vol':>12s} {'prompts/vol':>12s}")
+    print("vol/s and ms/vol from process CPU time (robust to other jobs on the machine); wall in brackets")
+    print(f"{'volumes':8s} {'vol/s':>8s} {'ms/vol':>8s} {'(wall ms)':>10s} {'accepted':>9s} {'classes/vol':>12s} "
+          f"{'prompts/vol':>12s}")
     for name, make in (("blobs", blob_volume), ("tubes", tube_volume), ("noise", noise_volume)):
         rng = np.random.default_rng(0)
         data = [make(rng) for _ in range(volumes)]
         prompts = [pcsw_prompts(v) for v in data]                        # warm-up, and the statistics
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for _ in range(repeats):
             for v in data:
                 pcsw_prompts(v)
-        per_volume = (time.perf_counter() - start) / (repeats * volumes)
+        per_volume = (time.process_time() - cpu_start) / (repeats * volumes)
+        wall = (time.perf_counter() - start) / (repeats * volumes)
         accepted = np.mean([len(p) > 0 for p in prompts])
         classes = np.mean([len({q.label for q in p}) for p in prompts])
         count = np.mean([len(p) for p in prompts])
-        print(f"{name:8s} {1 / per_volume:8.1f} {per_volume * 1e3:8.2f} {accepted:9.2f} {classes:12.2f} {count:12.1f}")
+        print(f"{name:8s} {1 / per_volume:8.1f} {per_volume * 1e3:8.2f} {wall * 1e3:10.2f} {accepted:9.2f} "
+              f"{classes:12.2f} {count:12.1f}")
 
 
 def bench_dfe(device: str, repeats: int) -> None:
-    widths = (96, 192, 384, 768)
+    widths = (256, 256, 256, 256)
     cases = {"2d 256x256": (2, [(256 // s, 256 // s) for s in (4, 8, 16, 32)]),
              "3d 16x128x128": (3, [(16, 128 // s, 128 // s) for s in (4, 8, 16, 32)])}
-    print(f"\nDFE forward, Hiera-S widths {widths}, batch 2, {device}, float32, no grad / with backward")
-    print(f"{'patch':15s} {'two-view ms':>12s} {'one-view ms':>12s} {'two-view fwd+bwd ms':>20s}")
+    print(f"\nDFE, SAM-2 neck widths {widths}, batch 2, {device}, float32, ms per call; both views = the")
+    print("two decoder inputs of a training step (pair), one view = labeled patch / teacher / inference")
+    print(f"{'patch':15s} {'both views':>11s} {'2x forward':>11s} {'one view':>9s} {'both fwd+bwd':>13s}")
     for name, (dim, spatial) in cases.items():
         dfe = DiscriminativeFeatureEnhancement(widths, dim).to(device)
         f_a = [torch.randn(2, c, *s, device=device) for c, s in zip(widths, spatial)]
@@ -101,9 +107,11 @@ def bench_dfe(device: str, repeats: int) -> None:
             return (time.perf_counter() - start) / repeats * 1e3
 
         with torch.no_grad():
-            two, one = timed(lambda: dfe(f_a, f_b)), timed(lambda: dfe(f_a))
-        both = timed(lambda: sum(o.sum() for o in dfe(f_a, f_b)).backward())
-        print(f"{name:15s} {two:12.2f} {one:12.2f} {both:20.2f}")
+            pair = timed(lambda: dfe.pair(f_a, f_b))
+            twice = timed(lambda: (dfe(f_a, f_b), dfe(f_b, f_a)))
+            one = timed(lambda: dfe(f_a))
+        backward = timed(lambda: sum(o.sum() for out in dfe.pair(f_a, f_b) for o in out).backward())
+        print(f"{name:15s} {pair:11.1f} {twice:11.1f} {one:9.1f} {backward:13.1f}")
 
 
 def main() -> None:

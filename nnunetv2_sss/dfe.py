@@ -14,17 +14,18 @@ and returns the decoder input of view ``a``:
 
 With one view (labeled patches, the teacher, inference) DFE is ``DFE(F, F)``: ``S = 1``,
 ``ΔF = 0`` and ``F_adj = MLP_i(F)``, which is what the single-view path computes directly.
-The second view's decoder input is ``DFE(F_b, F_a)``: call the module with the lists swapped.
+The second view's decoder input is ``DFE(F_b, F_a)``; ``pair`` returns both, computing the
+shared MLP and ``S`` once.
 
 Choices where METHOD.md is silent: ``MLP_i`` is 1x1 conv → GELU → 1x1 conv with
 ``round(mlp_hidden_ratio · C_i)`` hidden channels (default ratio 1); every layer keeps
 PyTorch's default initialisation; gradients flow through ``S`` as well (nothing detached);
-``S`` is computed in float32; two all-zero pooled vectors give ``S = 0`` (torch's
+``S`` is computed in at least float32; two all-zero pooled vectors give ``S = 0`` (torch's
 ``cosine_similarity`` clamps the norms).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -38,12 +39,14 @@ def _conv1x1(dim: int, in_channels: int, out_channels: int) -> nn.Module:
 
 
 def view_similarity(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
-    """``S`` = cosine similarity of the globally average-pooled features, shape (B,), float32.
+    """``S`` = cosine similarity of the globally average-pooled features, shape (B,), computed
+    in at least float32 (half-precision features under autocast are pooled in float32).
 
     f_a, f_b: (B, C, *spatial) of one scale.
     """
-    v_a = f_a.float().flatten(2).mean(dim=2)
-    v_b = f_b.float().flatten(2).mean(dim=2)
+    dtype = torch.promote_types(f_a.dtype, torch.float32)
+    v_a = f_a.to(dtype).flatten(2).mean(dim=2)
+    v_b = f_b.to(dtype).flatten(2).mean(dim=2)
     return F.cosine_similarity(v_a, v_b, dim=1)
 
 
@@ -53,22 +56,34 @@ class ScaleDFE(nn.Module):
     def __init__(self, channels: int, dim: int, mlp_hidden_ratio: float = 1.0):
         super().__init__()
         hidden = max(1, round(mlp_hidden_ratio * channels))
-        self.channels = channels
         self.mlp = nn.Sequential(_conv1x1(dim, channels, hidden), nn.GELU(), _conv1x1(dim, hidden, channels))
         self.project = _conv1x1(dim, 2 * channels, channels)
+
+    def _shared(self, f_a: torch.Tensor, f_b: torch.Tensor):
+        """MLP of both views (one call: the MLP is shared and position-wise), ``S`` and ``w``
+        shaped to broadcast over (B, C, *spatial)."""
+        mlp_a, mlp_b = self.mlp(torch.cat([f_a, f_b])).chunk(2)
+        s = view_similarity(f_a, f_b).to(f_a.dtype).view(-1, *([1] * (f_a.dim() - 1)))
+        return mlp_a, mlp_b, s, torch.sigmoid(s)
 
     def adjusted(self, f_a: torch.Tensor, f_b: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``F_adj`` (B, C, *spatial); ``f_b`` None (or the same tensor as ``f_a``) is ``DFE(F, F)``."""
         if f_b is None or f_b is f_a:
             return self.mlp(f_a)
-        # one MLP call for both views: the MLP is shared and position-wise
-        mlp_a, mlp_b = self.mlp(torch.cat([f_a, f_b])).chunk(2)
-        s = view_similarity(f_a, f_b).to(f_a.dtype).view(-1, *([1] * (f_a.dim() - 1)))
-        w = torch.sigmoid(s)
+        mlp_a, mlp_b, s, w = self._shared(f_a, f_b)
         return w * mlp_a + (1 - w) * mlp_b + (1 - s) * (f_b - f_a)
 
     def forward(self, f_a: torch.Tensor, f_b: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.project(torch.cat([f_a, self.adjusted(f_a, f_b)], dim=1))
+
+    def pair(self, f_a: torch.Tensor, f_b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(DFE(F_a, F_b), DFE(F_b, F_a))`` with the MLP and ``S`` computed once (``S`` is symmetric)."""
+        mlp_a, mlp_b, s, w = self._shared(f_a, f_b)
+        delta = (1 - s) * (f_b - f_a)
+        adjusted_a = w * mlp_a + (1 - w) * mlp_b + delta
+        adjusted_b = w * mlp_b + (1 - w) * mlp_a - delta
+        return (self.project(torch.cat([f_a, adjusted_a], dim=1)),
+                self.project(torch.cat([f_b, adjusted_b], dim=1)))
 
 
 class DiscriminativeFeatureEnhancement(nn.Module):
@@ -107,24 +122,34 @@ class DiscriminativeFeatureEnhancement(nn.Module):
                 raise ValueError(f"DFE: {name}[{i}] has shape {tuple(f.shape)}, expected (B, {c}, "
                                  f"{self.dim} spatial axes)")
 
+    def _check_pair(self, features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor]) -> None:
+        self._check("features_a", features_a)
+        self._check("features_b", features_b)
+        for i, (f_a, f_b) in enumerate(zip(features_a, features_b)):
+            if f_a.shape != f_b.shape:
+                raise ValueError(f"DFE: features_a[{i}] {tuple(f_a.shape)} and features_b[{i}] "
+                                 f"{tuple(f_b.shape)} differ in shape")
+
     def forward(self, features_a: Sequence[torch.Tensor],
                 features_b: Optional[Sequence[torch.Tensor]] = None) -> List[torch.Tensor]:
         """Decoder inputs of view ``a``: one (B, C_i, *spatial_i) tensor per scale.
 
         features_b: the other view's features (same shapes), or None for ``DFE(F, F)``.
         """
-        self._check("features_a", features_a)
-        if features_b is not None:
-            self._check("features_b", features_b)
-            for i, (f_a, f_b) in enumerate(zip(features_a, features_b)):
-                if f_a.shape != f_b.shape:
-                    raise ValueError(f"DFE: features_a[{i}] {tuple(f_a.shape)} and features_b[{i}] "
-                                     f"{tuple(f_b.shape)} differ in shape")
-        out = []
-        for i, f_a in enumerate(features_a):
-            key = str(i)
-            if key not in self.per_scale:
-                out.append(f_a)
-                continue
-            out.append(self.per_scale[key](f_a, None if features_b is None else features_b[i]))
-        return out
+        if features_b is None:
+            self._check("features_a", features_a)
+        else:
+            self._check_pair(features_a, features_b)
+        return [self.per_scale[str(i)](f_a, None if features_b is None else features_b[i])
+                if str(i) in self.per_scale else f_a for i, f_a in enumerate(features_a)]
+
+    def pair(self, features_a: Sequence[torch.Tensor],
+             features_b: Sequence[torch.Tensor]) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Decoder inputs of both views, ``(DFE(F_a, F_b), DFE(F_b, F_a))``, sharing the MLP work."""
+        self._check_pair(features_a, features_b)
+        out_a, out_b = [], []
+        for i, (f_a, f_b) in enumerate(zip(features_a, features_b)):
+            a, b = self.per_scale[str(i)].pair(f_a, f_b) if str(i) in self.per_scale else (f_a, f_b)
+            out_a.append(a)
+            out_b.append(b)
+        return out_a, out_b

@@ -17,15 +17,18 @@ labels (0 = background). For every foreground class ``k`` on its own:
   component in that slice — voxels beyond the image edge count as outside; optionally one
   negative point, the voxel inside the box and outside the component farthest from it.
 
-Choices where METHOD.md is silent: among equally large components the one whose first voxel
-comes first in C order (z, y, x) is "the largest"; ties of the farthest point go to the first
-voxel in C order; slices of the window that the largest component does not touch (its share
-is ≥ τ, not 1) get no prompt; windows whose label set changes are invalid for every class.
+Choices where METHOD.md is silent: the label set of condition (a) holds every label of the
+slice, also labels not in ``classes``; among equally large components the one whose first
+voxel comes first in C order (z, y, x) is "the largest"; ties of the farthest point go to the
+first voxel in C order; slices of the window that the largest component does not touch (its
+share is ≥ τ, not 1) get no prompt. Coordinates are (row, column) = (y, x) voxel indices of
+the slice; SAM-2's prompt encoder wants (x, y) pixel coordinates, so its caller swaps them.
 
-Speed: per class one connected-component labelling of the class's bounding box gives, for
-every window at once, an upper bound of its largest component (a component of a window is
-part of one component of the whole volume); only windows that pass the bound are labelled
-on their own. Labelling uses ``cc3d``; no Python loops over voxels.
+Speed: a component of a window lies inside one component of any window containing it. Per
+class, one connected-component labelling (``cc3d``) of the whole slice range bounds the
+largest component of every window at once; a window is labelled on its own only while its
+bound still reaches ``τ``, and each such labelling tightens the bounds of its sub-windows.
+No Python loops over voxels.
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 DEFAULT_TAU = 0.8
+MAX_LABEL = 65535
 
 
 @dataclass(frozen=True)
@@ -78,14 +82,17 @@ def _check_labels(labels) -> np.ndarray:
         raise ValueError(f"PCSW: labels must have shape (S, H, W), got shape {labels.shape}")
     if labels.dtype.kind not in "biu":
         raise ValueError(f"PCSW: labels must hold integer labels, got dtype {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"PCSW: labels must be >= 0, found {labels.min()}")
+    if labels.size and (labels.min() < 0 or labels.max() > MAX_LABEL):
+        raise ValueError(f"PCSW: labels must be in 0..{MAX_LABEL}, found {labels.min()}..{labels.max()}")
     return labels
 
 
-def _present_values(labels: np.ndarray) -> np.ndarray:
-    """The label values that occur in ``labels`` (sorted)."""
-    return np.flatnonzero(np.bincount(labels.ravel().astype(np.intp, copy=False)))
+def _slice_presence(labels: np.ndarray) -> np.ndarray:
+    """bool (S, max label + 1): label ``v`` occurs in slice ``s``."""
+    num_values = int(labels.max()) + 1
+    offsets = (np.arange(labels.shape[0]) * num_values)[:, None, None]
+    counts = np.bincount((labels + offsets).ravel(), minlength=labels.shape[0] * num_values)
+    return counts.reshape(labels.shape[0], num_values) > 0
 
 
 def _consistent_starts(presence: np.ndarray, length: int) -> np.ndarray:
@@ -95,6 +102,12 @@ def _consistent_starts(presence: np.ndarray, length: int) -> np.ndarray:
     """
     changes = np.concatenate([[0], np.cumsum(np.any(presence[1:] != presence[:-1], axis=1))])
     return changes[length - 1:] == changes[:len(changes) - length + 1]
+
+
+def _inplane_box(mask: np.ndarray) -> Tuple[slice, slice]:
+    """Rows and columns of the in-plane bounding box of a non-empty bool (Z, Y, X) mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def _label_components(mask: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -127,9 +140,9 @@ def _select_class_window(class_mask: np.ndarray, starts_by_length, label: int, t
     class_mask: bool (S, h, w), the class's voxels inside its in-plane bounding box.
     starts_by_length: (N, bool (S − N + 1,)) in search order — windows passing condition (a).
 
-    A component of a window lies inside one component of any window containing it, so every
-    labelled window bounds the largest component of each of its sub-windows (``bounds``);
-    a window is labelled only while its bound still reaches ``τ`` of its class voxels.
+    ``bounds[N][i]`` ≥ the largest component of window ``[i, i+N)``: the smallest, over the
+    windows labelled so far that contain it, of the most voxels one of their components has
+    inside it (exact once the window itself is labelled).
     """
     num_slices = class_mask.shape[0]
     bounds = {n: np.full(num_slices - n + 1, np.iinfo(np.intp).max) for n, _ in starts_by_length}
@@ -152,10 +165,9 @@ def _select_class_window(class_mask: np.ndarray, starts_by_length, label: int, t
             components, cumulated = label_window(start, length)            # bound is now exact
             if bounds[length][start] >= tau * total[start]:
                 component = _largest(components, cumulated[-1])
-                rows, cols = np.flatnonzero(component.any(axis=(0, 2))), np.flatnonzero(component.any(axis=(0, 1)))
+                rows, cols = _inplane_box(component)
                 return ClassWindow(label, int(start), length, float(bounds[length][start] / total[start]),
-                                   component[:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1],
-                                   (offset[0] + int(rows[0]), offset[1] + int(cols[0])))
+                                   component[:, rows, cols], (offset[0] + rows.start, offset[1] + cols.start))
     return None
 
 
@@ -171,27 +183,23 @@ def select_windows(labels, classes: Optional[Sequence[int]] = None, tau: float =
         raise ValueError(f"PCSW: tau must be in (0, 1], got {tau!r}")
     if labels.size == 0:
         return []
-    values = _present_values(labels)
-    if classes is None:
-        classes = [int(v) for v in values if v > 0]
-    elif any(int(k) < 1 for k in classes):
+    if classes is not None and any(int(k) < 1 for k in classes):
         raise ValueError(f"PCSW: classes must be foreground labels >= 1, got {list(classes)!r}")
-    presence = np.stack([np.any(labels == v, axis=(1, 2)) for v in values], axis=1)   # (S, V)
+    presence = _slice_presence(labels)                                                  # (S, V)
+    if classes is None:
+        classes = np.flatnonzero(presence[:, 1:].any(axis=0)) + 1
     num_slices = labels.shape[0]
+    consistent = [(n, _consistent_starts(presence, n)) for n in window_lengths(num_slices)]
     windows = []
-    for label in classes:
-        label = int(label)
-        column = np.searchsorted(values, label)
-        if column == len(values) or values[column] != label:
+    for label in map(int, classes):
+        if label >= presence.shape[1] or not presence[:, label].any():
             continue
-        starts_by_length = [(n, _consistent_starts(presence, n) & presence[:num_slices - n + 1, column])
-                            for n in window_lengths(num_slices)]
+        starts_by_length = [(n, ok & presence[:num_slices - n + 1, label]) for n, ok in consistent]
         if not any(ok.any() for _, ok in starts_by_length):
             continue
         mask = labels == label
-        rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
-        box = mask[:, rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        window = _select_class_window(box, starts_by_length, label, tau, (int(rows[0]), int(cols[0])))
+        rows, cols = _inplane_box(mask)
+        window = _select_class_window(mask[:, rows, cols], starts_by_length, label, tau, (rows.start, cols.start))
         if window is not None:
             windows.append(window)
     return windows
@@ -207,7 +215,7 @@ def _deepest_per_slice(component: np.ndarray) -> np.ndarray:
     slices is at least as close as anything beyond it), so one transform serves all slices.
     """
     z, h, w = component.shape
-    stacked = np.pad(component, ((0, 0), (1, 1), (1, 1)), constant_values=1).reshape(z * (h + 2), w + 2)
+    stacked = np.pad(component, ((0, 0), (1, 1), (1, 1))).reshape(z * (h + 2), w + 2)
     distance = ndimage.distance_transform_edt(stacked).reshape(z, h + 2, w + 2)[:, 1:-1, 1:-1]
     return np.stack(np.unravel_index(distance.reshape(z, -1).argmax(axis=1), (h, w)), axis=1)
 

@@ -34,7 +34,8 @@ def fake_release(tmp_path_factory):
         in_ts = case in test[:5]
         image = rng.normal(size=(3, 4, 5)).astype(np.float32)
         label = rng.integers(0, 6, size=(3, 4, 5)).astype(np.uint8)
-        write_volume(release / ("imagesTs" if in_ts else "imagesTr") / f"{case}{'' if in_ts else '_0000'}.nii.gz", image)
+        image_name = f"{case}.nii.gz" if in_ts else f"{case}_0000.nii.gz"
+        write_volume(release / ("imagesTs" if in_ts else "imagesTr") / image_name, image)
         write_volume(release / ("labelsTs" if in_ts else "labelsTr") / f"{case}.nii.gz", label)
     (release / "dataset.json").write_text(json.dumps(official_release_json()))
     for i in range(11):

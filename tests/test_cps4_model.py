@@ -78,3 +78,12 @@ def test_load_stage1_missing_names_the_command(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match="nnUNetv2_sss_pretrain_cps4 -d Dataset901_Tiny -c 2d -f 2 -p nnUNetPlans"):
         load_stage1(folder)
+
+
+def test_stage1_output_folder_follows_nnunet_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    assert stage1_output_folder("Dataset901_Tiny", "nnUNetResEncUNetMPlans", 3) == \
+        tmp_path / "Dataset901_Tiny" / "cps4_pretraining__nnUNetResEncUNetMPlans__2d" / "fold_3"
+    monkeypatch.delenv("nnUNet_results")
+    with pytest.raises(RuntimeError, match="nnUNet_results is not defined"):
+        stage1_output_folder("Dataset901_Tiny", "nnUNetPlans", 0)

@@ -117,7 +117,8 @@ def test_fewer_than_three_slices(num_slices):
 @pytest.mark.parametrize("labels, tau, classes, message", [
     (np.zeros((4, 4)), 0.8, None, "shape"),
     (np.zeros((2, 4, 4), np.float32), 0.8, None, "dtype"),
-    (-np.ones((2, 4, 4), np.int16), 0.8, None, ">= 0"),
+    (-np.ones((2, 4, 4), np.int16), 0.8, None, "0..65535"),
+    (np.full((2, 4, 4), 70000), 0.8, None, "0..65535"),
     (np.zeros((2, 4, 4), np.uint8), 0.0, None, "tau"),
     (np.zeros((2, 4, 4), np.uint8), 0.8, [0, 1], "classes"),
 ])

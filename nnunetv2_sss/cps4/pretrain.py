@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,10 +80,8 @@ def prepare_stage1(dataset: str, configuration: str, fold: int, plans: str, opti
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    if nnUNet_preprocessed is None:
-        raise RuntimeError("environment variable nnUNet_preprocessed is not set")
-    dataset_name = maybe_convert_to_dataset_name(dataset)
-    base = Path(nnUNet_preprocessed) / dataset_name
+    dataset_name = str(maybe_convert_to_dataset_name(dataset))  # nnU-Net returns a numpy string
+    base = Path(str(nnUNet_preprocessed)) / dataset_name        # str(): nnU-Net's error when unset
     plans_file = base / f"{plans}.json"
     if not plans_file.is_file():
         raise FileNotFoundError(f"plans file {plans_file} does not exist (run nnUNetv2_plan_and_preprocess)")
@@ -102,11 +101,11 @@ def prepare_stage1(dataset: str, configuration: str, fold: int, plans: str, opti
     label_names = class_label_names(dataset_json["labels"], source=str(dataset_json_file))
     readable = load_readable_names(options.class_names_file, label_names) if options.class_names_file else None
     prompts = class_prompts(readable_class_names(label_names, readable), options.template)
-    train_cases, val_cases = fold_cases(base, fold)
     data_folder = base / cm.data_identifier
     if not data_folder.is_dir():
         raise FileNotFoundError(f"preprocessed data {data_folder} does not exist (run nnUNetv2_plan_and_preprocess "
                                 f"-c {configuration})")
+    train_cases, val_cases = fold_cases(base, data_folder, fold)
     check_cases_exist(data_folder, train_cases + val_cases, infer_dataset_class(str(data_folder)))
     channels = dataset_json.get("channel_names", dataset_json.get("modality"))
     return Stage1Setup(dataset_name, data_folder, stage1_output_folder(dataset_name, plans, fold, configuration),
@@ -176,8 +175,8 @@ def run_stage1(dataset: str, configuration: str, fold: int, plans: str = "nnUNet
                     optimizer.zero_grad(set_to_none=True)
                     losses["loss"].backward()
                     optimizer.step()
-                    values = {k: float(v) for k, v in losses.items()}
-                    if values["loss"] != values["loss"] or abs(values["loss"]) == float("inf"):
+                    values = {k: v.item() for k, v in losses.items()}
+                    if not math.isfinite(values["loss"]):
                         raise FloatingPointError(f"stage-1 loss is {values['loss']} in epoch {epoch + 1}")
                     for k in sums:
                         sums[k] += values[k]

@@ -1,6 +1,7 @@
 """Stage-1 data of CPS4: the fold's labeled cases as augmented 2-D patches, and fixed validation slices.
 
-Cases: ``splits_final.json`` of the preprocessed folder gives the fold's training and
+Cases: ``splits_final.json`` of the preprocessed folder (nnU-Net's default split is written
+when it is missing, as ``nnUNetv2_train`` does) gives the fold's training and
 validation cases; when ``splits_semi_supervised.json`` is there too, its ``labeled`` list of
 the fold replaces the training cases (format: list over folds of
 ``{"labeled": [...], "unlabeled": [...]}``). Patches come from nnU-Net's own dataset class
@@ -34,12 +35,20 @@ def _fold_entry(path: Path, fold: int, keys: Sequence[str]) -> dict:
     return entry
 
 
-def fold_cases(preprocessed_base: Path, fold: int) -> Tuple[List[str], List[str]]:
-    """(labeled training cases, validation cases) of ``fold``."""
+def fold_cases(preprocessed_base: Path, data_folder: Path, fold: int) -> Tuple[List[str], List[str]]:
+    """(labeled training cases, validation cases) of ``fold``.
+
+    Without ``splits_final.json`` nnU-Net's default split (5 folds, seed 12345, over the cases
+    of ``data_folder``) is written first, as ``nnUNetv2_train`` would do.
+    """
     splits_path = preprocessed_base / SPLITS_FILE
     if not splits_path.is_file():
-        raise FileNotFoundError(f"{splits_path} does not exist: run nnU-Net training once for this dataset, "
-                                f"or write the split file (nnUNetv2_sss_make_splits)")
+        from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+        from nnunetv2.utilities.crossval_split import generate_crossval_split  # imports scikit-learn
+
+        cases = sorted(infer_dataset_class(str(data_folder)).get_identifiers(str(data_folder)))
+        splits_path.write_text(json.dumps(generate_crossval_split(cases, seed=12345, n_splits=5), indent=4))
+        print(f"created nnU-Net's default 5-fold split {splits_path}")
     entry = _fold_entry(splits_path, fold, ("train", "val"))
     train, val = entry["train"], entry["val"]
     semi_path = preprocessed_base / SEMI_SPLITS_FILE

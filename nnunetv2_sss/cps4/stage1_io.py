@@ -28,9 +28,8 @@ def stage1_output_folder(dataset_name: str, plans: str, fold: int, configuration
                          results_root: Optional[Union[str, Path]] = None) -> Path:
     """Stage-1 folder of a dataset/plans/fold; ``results_root`` defaults to ``nnUNet_results``."""
     if results_root is None:
-        from nnunetv2.paths import nnUNet_results as results_root
-        if results_root is None:
-            raise RuntimeError("environment variable nnUNet_results is not set")
+        from nnunetv2.paths import nnUNet_results
+        results_root = str(nnUNet_results)  # nnU-Net's own error when the variable is unset
     return Path(results_root) / dataset_name / f"{FOLDER_PREFIX}__{plans}__{configuration}" / f"fold_{fold}"
 
 

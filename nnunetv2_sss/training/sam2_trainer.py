@@ -3,7 +3,8 @@
 - Network: SAM-2 image encoder (``nnUNet_sss_sam2_config``) per slice + conv stem and
   nnU-Net-style decoder (``nnunetv2_sss.networks.sam2_unet``). The trainer writes the
   encoder config into its plans (configuration key ``sam2_network``), so
-  ``nnUNetv2_predict`` rebuilds the network from the results folder alone.
+  ``nnUNetv2_predict`` rebuilds the network from the results folder alone, and ``--c`` /
+  ``--val`` take it from the nnU-Net checkpoint.
 - Weights: when training starts from scratch, ``nnUNet_sss_sam2_checkpoint`` (a SAM-2
   ``.pt`` or ``random``) initialises the image encoder; missing/unexpected keys go to the
   training log, and ``sam2_weights.json`` in the fold folder records config, checkpoint and
@@ -50,11 +51,15 @@ class nnUNetTrainerSAM2(nnUNetTrainerPlugin):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 1e-4
         self.weight_decay = 1e-2
-        self.sam2_spec = SAM2NetworkSpec.from_settings(self.sam2_input_size)
-        entry = self.sam2_spec.to_plans()
-        self.configuration_manager.configuration[PLANS_KEY] = entry
-        self.plans_manager.plans['configurations'][configuration][PLANS_KEY] = entry
+        self.sam2_spec: Optional[SAM2NetworkSpec] = None  # -> initialize (settings) or load_checkpoint
         self._weights_from_nnunet_checkpoint = False
+
+    def set_sam2_spec(self, spec: SAM2NetworkSpec) -> None:
+        """Use ``spec`` and write it into the plans (saved to the results folder for prediction)."""
+        self.sam2_spec = spec
+        entry = spec.to_plans()
+        self.configuration_manager.configuration[PLANS_KEY] = entry
+        self.plans_manager.plans['configurations'][self.configuration_name][PLANS_KEY] = entry
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
@@ -66,14 +71,26 @@ class nnUNetTrainerSAM2(nnUNetTrainerPlugin):
     def _get_deep_supervision_scales(self):
         if not self.enable_deep_supervision:
             return None
+        if self.sam2_spec is None:
+            raise RuntimeError("the SAM-2 network is only known after initialize()")
         return deep_supervision_scales(configuration_level_strides(self.sam2_spec, self.configuration_manager))
 
     # ---- weights ---------------------------------------------------------------------------------
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
-        self._weights_from_nnunet_checkpoint = True  # initialize() then skips the SAM-2 checkpoint
-        super().load_checkpoint(filename_or_checkpoint)
+        """nnU-Net checkpoint (``--c``, ``--val``): its own SAM-2 config and weights, no SAM-2 variables."""
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        if not self.was_initialized:
+            self._weights_from_nnunet_checkpoint = True
+            trained = checkpoint['init_args']['plans']['configurations'][self.configuration_name]
+            if PLANS_KEY in trained:
+                self.set_sam2_spec(SAM2NetworkSpec.from_configuration(trained, self.configuration_name))
+        super().load_checkpoint(checkpoint)
 
     def initialize(self):
+        if self.sam2_spec is None:
+            self.set_sam2_spec(SAM2NetworkSpec.from_settings(self.sam2_input_size))
         checkpoint = None if self._weights_from_nnunet_checkpoint else settings.require_sam2_checkpoint()
         super().initialize()
         if checkpoint is not None:

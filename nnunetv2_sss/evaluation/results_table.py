@@ -1,0 +1,236 @@
+"""``nnUNetv2_sss_results``: one table (Markdown + CSV) and a Dice bar chart (PNG) of several
+trainers on one dataset/configuration, in the layout of the SSS paper's Tables 1-2.
+
+Rows:
+
+* validation (one per trainer): each fold's ``fold_K/validation/summary_sss.json``
+  (``nnUNetv2_sss_evaluate`` output: its headline, with 95HD/ASD) if present, otherwise
+  nnU-Net's ``summary.json`` (``foreground_mean`` Dice and IoU x 100; no distances).
+  Value = mean ± std (ddof 0) over the folds found; missing folds are listed.
+* test (one per ``--test`` entry, in ``-tr`` order): a ``nnUNetv2_sss_evaluate`` json, or a
+  prediction folder holding ``summary_sss.json``; value = headline mean ± std over cases.
+
+"unlabeled" = the cases a semi-supervised trainer of this plugin (a subclass of
+``nnUNetTrainerSemiSupervised``) draws unlabeled patches from in that fold: preprocessed
+``imagesUnlabeled`` cases of the configuration + cases the fold's
+``splits_semi_supervised.json`` hides; 0 for every other trainer; ``--unlabeled`` overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import load_json
+
+from nnunetv2_sss.evaluation.evaluate import DEFAULT_OUTPUT_NAME, stats_of
+
+TABLE_METRICS = (("Dice_pct", "Dice %"), ("Jaccard_pct", "Jaccard %"), ("HD95_vox", "95HD (vox)"),
+                 ("ASD_vox", "ASD (vox)"))
+
+
+@dataclass
+class Row:
+    trainer: str
+    evaluation: str                               # "validation" or "test"
+    unlabeled: str                                # number of unlabeled cases, "?" if unknown
+    total: int                                    # folds (validation) or cases (test) found
+    stats: Dict[str, Tuple[float, float, int]]    # metric -> (mean, std, folds/cases it is defined in)
+
+    @property
+    def count(self) -> str:
+        return f"{self.total} {'folds' if self.evaluation == 'validation' else 'cases'}"
+
+
+def fold_scores(validation_folder: str) -> Optional[Dict[str, float]]:
+    """Headline metrics of one fold's validation, or None if neither summary file exists."""
+    ours, nnunet = os.path.join(validation_folder, DEFAULT_OUTPUT_NAME), os.path.join(validation_folder, "summary.json")
+    if os.path.isfile(ours):
+        result = load_json(ours)
+        return {name: stats["mean"] for name, stats in stats_of(result, result["headline"]).items()}
+    if os.path.isfile(nnunet):
+        foreground = load_json(nnunet)["foreground_mean"]
+        return {"Dice_pct": 100 * foreground["Dice"], "Jaccard_pct": 100 * foreground["IoU"],
+                "HD95_vox": float("nan"), "ASD_vox": float("nan")}
+    return None
+
+
+def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
+    """(mean, std with ddof 0, count) of the finite values."""
+    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
+    if not finite.size:
+        return float("nan"), float("nan"), 0
+    return float(finite.mean()), float(finite.std()), int(finite.size)
+
+
+def validation_row(trainer_folder: str, trainer: str, folds: Sequence[str], unlabeled: str) -> Tuple[Row, List[str]]:
+    """(validation row over the folds found, validation folders without a summary)."""
+    scores, missing = [], []
+    for fold in folds:
+        folder = os.path.join(trainer_folder, f"fold_{fold}", "validation")
+        found = fold_scores(folder)
+        if found is None:
+            missing.append(folder)
+        else:
+            scores.append(found)
+    stats = {name: mean_std([s[name] for s in scores]) for name, _ in TABLE_METRICS}
+    return Row(trainer, "validation", unlabeled, len(scores), stats), missing
+
+
+def test_row(path: str, trainer: str, unlabeled: str) -> Row:
+    """Row of one ``nnUNetv2_sss_evaluate`` result (file, or folder holding it)."""
+    file = os.path.join(path, DEFAULT_OUTPUT_NAME) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file} does not exist: run nnUNetv2_sss_evaluate on the test predictions "
+                                f"of {trainer}")
+    result = load_json(file)
+    headline = stats_of(result, result["headline"])
+    stats = {name: tuple(headline[name][s] for s in ("mean", "std", "n")) for name, _ in TABLE_METRICS}
+    return Row(trainer, "test", unlabeled, len(result["metric_per_case"]), stats)
+
+
+def uses_unlabeled_data(trainer: str) -> bool:
+    """Whether ``trainer`` is one of this plugin's semi-supervised trainers."""
+    import nnunetv2_sss.trainers
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    from nnunetv2_sss.training.semi_supervised import nnUNetTrainerSemiSupervised
+
+    found = recursive_find_python_class(os.path.dirname(nnunetv2_sss.trainers.__file__), trainer,
+                                        "nnunetv2_sss.trainers")
+    return found is not None and issubclass(found, nnUNetTrainerSemiSupervised)
+
+
+def unlabeled_pool_sizes(dataset_name: str, configuration: str, plans: str, folds: Sequence[str]) -> str:
+    """Size of the unlabeled pool per fold ("500", or "134/126" when folds differ; "?" without plans)."""
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2_sss.data.splits import hidden_label_cases
+    from nnunetv2_sss.data.unlabeled_preprocessing import done_cases, unlabeled_folder
+
+    preprocessed = os.path.join(str(nnUNet_preprocessed), dataset_name)
+    plans_file = os.path.join(preprocessed, plans + ".json")
+    if not os.path.isfile(plans_file):
+        return "?"
+    identifier = PlansManager(plans_file).get_configuration(configuration).data_identifier
+    pool = len(done_cases(unlabeled_folder(preprocessed, identifier)))
+    sizes = [pool + len(hidden_label_cases(preprocessed, fold)) for fold in folds]
+    return str(sizes[0]) if len(set(sizes)) == 1 else "/".join(map(str, sizes))
+
+
+def format_cell(mean: float, std: float, n: int, total: int) -> str:
+    """``mean ± std``, with ``(n=k)`` when the metric is defined in fewer folds/cases than the row has."""
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" + (f" (n={n})" if n != total else "")
+
+
+def to_markdown(rows: Sequence[Row], title: str, notes: Sequence[str]) -> str:
+    header = ["Method", "unlabeled", "evaluated on", "n"] + [label for _, label in TABLE_METRICS]
+    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row.trainer, row.unlabeled, row.evaluation, row.count] + \
+                [format_cell(*row.stats[name], row.total) for name, _ in TABLE_METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
+
+
+def write_csv(rows: Sequence[Row], path: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trainer", "unlabeled", "evaluated_on", "n"] +
+                        [f"{name}_{s}" for name, _ in TABLE_METRICS for s in ("mean", "std", "n")])
+        for row in rows:
+            writer.writerow([row.trainer, row.unlabeled, row.evaluation, row.count] +
+                            [f"{v:.4f}" if isinstance(v, float) else v
+                             for name, _ in TABLE_METRICS for v in row.stats[name]])
+
+
+def bar_chart(rows: Sequence[Row], trainers: Sequence[str], title: str, path: str) -> None:
+    """Dice mean ± std per trainer, one bar per evaluation (validation, test)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evaluations = [e for e in ("validation", "test") if any(r.evaluation == e for r in rows)]
+    width = 0.8 / len(evaluations)
+    figure, axis = plt.subplots(figsize=(1.6 * len(trainers) + 2, 4.5))
+    for offset, evaluation in enumerate(evaluations):
+        by_trainer = {r.trainer: r.stats["Dice_pct"] for r in rows if r.evaluation == evaluation}
+        means = [by_trainer.get(t, (np.nan, np.nan, 0))[0] for t in trainers]
+        stds = [by_trainer.get(t, (np.nan, np.nan, 0))[1] for t in trainers]
+        axis.bar(np.arange(len(trainers)) + (offset - (len(evaluations) - 1) / 2) * width, means, width,
+                 yerr=stds, capsize=3, label=evaluation)
+    axis.set_xticks(np.arange(len(trainers)))
+    axis.set_xticklabels([t.replace("nnUNetTrainer", "") or "nnUNetTrainer" for t in trainers], rotation=20)
+    axis.set_ylabel("Dice %")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def collect_rows(dataset_name: str, configuration: str, trainers: Sequence[str], plans: str, folds: Sequence[str],
+                 tests: Sequence[str], unlabeled_override: Optional[int]) -> Tuple[List[Row], List[str]]:
+    """(rows, validation folders without a summary)."""
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+
+    if tests and len(tests) != len(trainers):
+        raise ValueError(f"--test needs one entry per trainer (-tr has {len(trainers)}, --test has {len(tests)})")
+    rows, missing = [], []
+    for index, trainer in enumerate(trainers):
+        if not uses_unlabeled_data(trainer):
+            unlabeled = "0"
+        elif unlabeled_override is not None:
+            unlabeled = str(unlabeled_override)
+        else:
+            unlabeled = unlabeled_pool_sizes(dataset_name, configuration, plans, folds)
+        row, not_found = validation_row(get_output_folder(dataset_name, trainer, plans, configuration), trainer,
+                                        folds, unlabeled)
+        rows.append(row)
+        missing += not_found
+        if tests:
+            rows.append(test_row(tests[index], trainer, unlabeled))
+    if not tests and all(r.total == 0 for r in rows):
+        raise FileNotFoundError("no validation summary found, e.g. " + (missing[0] if missing else "?"))
+    return rows, missing
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_results", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
+    parser.add_argument("-tr", nargs="+", required=True, help="trainers, in table order")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"], help="folds (default 0 1 2 3 4)")
+    parser.add_argument("--test", nargs="+", default=[],
+                        help="per trainer (same order as -tr): nnUNetv2_sss_evaluate json or the folder holding it")
+    parser.add_argument("--unlabeled", type=int, default=None,
+                        help="unlabeled count to show for the semi-supervised trainers (default: counted)")
+    parser.add_argument("-o", default=None, help="output folder (default nnUNet_results/DatasetX/sss_results)")
+    args = parser.parse_args(argv)
+
+    from nnunetv2.paths import nnUNet_results
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    dataset_name = maybe_convert_to_dataset_name(args.d)
+    rows, missing = collect_rows(dataset_name, args.c, args.tr, args.p, args.f, args.test, args.unlabeled)
+    output = args.o or os.path.join(str(nnUNet_results), dataset_name, "sss_results")
+    os.makedirs(output, exist_ok=True)
+    stem = os.path.join(output, f"results_{args.c}_{args.p}")
+    title = f"{dataset_name}, {args.c}, {args.p}"
+    notes = ["validation: mean ± std (ddof 0) over folds " + " ".join(args.f) +
+             "; from summary_sss.json where present, else nnU-Net's summary.json (no 95HD/ASD)",
+             "test: mean ± std over cases of the nnUNetv2_sss_evaluate headline (merged foreground if evaluated "
+             "with --merge-foreground, else mean over classes)"]
+    notes += [f"missing: {m}" for m in missing]
+    markdown = to_markdown(rows, title, notes)
+    with open(stem + ".md", "w") as handle:
+        handle.write(markdown)
+    write_csv(rows, stem + ".csv")
+    bar_chart(rows, args.tr, title, stem + ".png")
+    print(markdown)
+    print(f"written {stem}.md, .csv, .png")

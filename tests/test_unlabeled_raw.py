@@ -1,0 +1,75 @@
+"""Validation of imagesUnlabeled: each bad input gives an error naming the file."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2_sss.data.unlabeled_raw import (UnlabeledDataError, check_case_headers, check_voxels,
+                                             find_unlabeled_cases)
+
+DATASET_JSON = {"channel_names": {"0": "T1", "1": "T2"}, "file_ending": ".nii.gz"}
+
+
+def _image(path, shape=(4, 5, 6), value=None, spacing=(1.0, 1.0, 1.0)):
+    array = np.random.default_rng(0).normal(size=shape).astype(np.float32) if value is None \
+        else np.full(shape, value, np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(spacing)
+    sitk.WriteImage(image, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def raw(tmp_path):
+    (tmp_path / "imagesUnlabeled").mkdir()
+    (tmp_path / "imagesTr").mkdir()
+    for channel in (0, 1):
+        _image(tmp_path / "imagesUnlabeled" / f"u1_{channel:04d}.nii.gz")
+        _image(tmp_path / "imagesTr" / f"t1_{channel:04d}.nii.gz")
+    return tmp_path
+
+
+def test_valid_folder(raw):
+    cases = find_unlabeled_cases(str(raw), DATASET_JSON)
+    assert list(cases) == ["u1"] and [p.split("/")[-1] for p in cases["u1"]] == ["u1_0000.nii.gz", "u1_0001.nii.gz"]
+    check_case_headers(cases["u1"], 3, SimpleITKIO())
+
+
+def test_missing_and_empty_folder(tmp_path):
+    with pytest.raises(UnlabeledDataError, match="imagesUnlabeled does not exist"):
+        find_unlabeled_cases(str(tmp_path), DATASET_JSON)
+    (tmp_path / "imagesUnlabeled").mkdir()
+    with pytest.raises(UnlabeledDataError, match="contains no images"):
+        find_unlabeled_cases(str(tmp_path), DATASET_JSON)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("u2_0000.nii", "file ending"), ("u2.nii.gz", "4-digit channel index"), ("u2_0000.nii.gz", r"channel files \[0\]"),
+    ("t1_0000.nii.gz", "also in imagesTr")])
+def test_bad_names(raw, name, message):
+    if name == "t1_0000.nii.gz":
+        _image(raw / "imagesUnlabeled" / "t1_0001.nii.gz")
+    _image(raw / "imagesUnlabeled" / name)
+    with pytest.raises(UnlabeledDataError, match=message) as error:
+        find_unlabeled_cases(str(raw), DATASET_JSON)
+    assert name.split("_")[0].split(".")[0] in str(error.value)
+
+
+def test_dimension_and_geometry(raw):
+    two_d = _image(raw / "flat_0000.nii.gz", shape=(5, 6))
+    with pytest.raises(UnlabeledDataError, match="flat_0000.nii.gz: image is 2-D, the dataset's images are 3-D"):
+        check_case_headers([two_d], 3, SimpleITKIO())
+    a = _image(raw / "g_0000.nii.gz")
+    b = _image(raw / "g_0001.nii.gz", spacing=(1.0, 1.0, 2.0))
+    with pytest.raises(UnlabeledDataError, match="g_0001.nii.gz: size/spacing/origin/orientation differ"):
+        check_case_headers([a, b], 3, SimpleITKIO())
+
+
+def test_voxel_checks():
+    images = np.random.default_rng(0).normal(size=(2, 3, 4, 4))
+    check_voxels(images, ["a", "b"])
+    images[1, 0, 0, 0] = np.nan
+    with pytest.raises(UnlabeledDataError, match="b: contains NaN"):
+        check_voxels(images, ["a", "b"])
+    with pytest.raises(UnlabeledDataError, match="a: image is empty"):
+        check_voxels(np.zeros((1, 3, 4, 4)), ["a"])

@@ -1,0 +1,1 @@
+from nnunetv2_sss.training.cps import nnUNetTrainerCPS  # noqa: F401

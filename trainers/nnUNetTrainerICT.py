@@ -1,0 +1,1 @@
+from nnunetv2_sss.training.ict import nnUNetTrainerICT  # noqa: F401
