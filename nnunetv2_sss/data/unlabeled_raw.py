@@ -104,11 +104,19 @@ def check_case_headers(files: List[str], expected_dimension: int, reader) -> Non
                                      f"(channels of one case must share their geometry).")
 
 
+def _stored_non_finite(path: str) -> bool:
+    """NaN/inf in a NIfTI file as stored (ITK's reader silently turns NaN into 0)."""
+    if not path.endswith((".nii", ".nii.gz")):
+        return False
+    import nibabel
+    return not np.all(np.isfinite(np.asanyarray(nibabel.load(path).dataobj)))
+
+
 def check_voxels(images: np.ndarray, files: List[str]) -> None:
-    """``images``: ``(C, *spatial)`` as read. NaN/inf voxels or a constant (empty) channel
-    raise :class:`UnlabeledDataError` naming the channel file."""
+    """``images``: ``(C, *spatial)`` as read. NaN/inf voxels (as read, or as stored in a NIfTI
+    file) or a constant (empty) channel raise :class:`UnlabeledDataError` naming the file."""
     for channel, path in zip(images, files):
-        if not np.all(np.isfinite(channel)):
+        if not np.all(np.isfinite(channel)) or _stored_non_finite(path):
             raise UnlabeledDataError(f"{path}: contains NaN or infinite voxels.")
         if channel.size == 0 or channel.min() == channel.max():
             raise UnlabeledDataError(f"{path}: image is empty (every voxel has the same value).")
