@@ -71,6 +71,12 @@ def test_save_and_load_stage1_roundtrip(tmp_path):
     assert loaded.num_classes == 3
     assert read_stage1_metadata(folder)["label_names"] == ["background", "a", "b"]
     assert not list(folder.glob(".*tmp"))
+    assert load_stage1(folder, num_input_channels=2, num_classes=3).num_classes == 3
+    with pytest.raises(ValueError, match="trained with 3 classes, this training has 4: re-run "
+                                         "`nnUNetv2_sss_pretrain_cps4 -d Dataset901_Tiny -c 2d -f 0"):
+        load_stage1(folder, num_classes=4)
+    with pytest.raises(ValueError, match="trained with 2 input channels, this training has 1"):
+        load_stage1(folder, num_input_channels=1)
 
 
 def test_load_stage1_missing_names_the_command(tmp_path):

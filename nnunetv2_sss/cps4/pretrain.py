@@ -35,6 +35,8 @@ from nnunetv2_sss.cps4.vision import ViTConfig, load_vision_weights
 
 LOG_FILE = "training_log.csv"
 ATTENTION_FOLDER = "attention_maps"
+LOG_FIELDS = ["epoch", "train_loss", "train_token", "train_pixel", "val_loss", "val_token", "val_pixel", "lr",
+              "seconds_per_iteration"]
 
 
 @dataclass
@@ -132,6 +134,31 @@ def evaluate(model: ClassPromptModel, images: torch.Tensor, segs: torch.Tensor) 
     return {k: float(v) for k, v in losses.items()}
 
 
+def train_epoch(model: ClassPromptModel, optimizer: torch.optim.Optimizer, batches, iterations: int,
+                device: torch.device, description: str) -> Dict[str, float]:
+    """``iterations`` optimisation steps; mean ``loss``/``token``/``pixel`` and ``seconds_per_iteration``."""
+    model.train()
+    sums = {"loss": 0.0, "token": 0.0, "pixel": 0.0}
+    start = time.perf_counter()
+    bar = tqdm(range(iterations), desc=description, dynamic_ncols=True)
+    for _ in bar:
+        batch = next(batches)
+        images = batch["data"].to(device, non_blocking=True)
+        segs = batch["target"][:, 0].to(device, non_blocking=True)
+        losses = stage1_loss(model.attention_logits(images), segs)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        values = {k: v.item() for k, v in losses.items()}
+        if not math.isfinite(values["loss"]):
+            raise FloatingPointError(f"stage-1 loss is {values['loss']} ({description})")
+        for k in sums:
+            sums[k] += values[k]
+        bar.set_postfix(loss=f"{values['loss']:.4f}")
+    means = {k: v / iterations for k, v in sums.items()}
+    return {**means, "seconds_per_iteration": (time.perf_counter() - start) / iterations}
+
+
 def run_stage1(dataset: str, configuration: str, fold: int, plans: str = "nnUNetPlans",
                device: str = "cuda", options: Optional[Stage1Options] = None) -> Path:
     """Run stage 1 and return its output folder."""
@@ -156,41 +183,21 @@ def run_stage1(dataset: str, configuration: str, fold: int, plans: str = "nnUNet
                                setup.label_manager, setup.configuration_manager, pin_memory=dev.type == "cuda")
     out = setup.output_folder
     out.mkdir(parents=True, exist_ok=True)
-    log_fields = ["epoch", "train_loss", "train_token", "train_pixel", "val_loss", "val_token", "val_pixel",
-                  "lr", "seconds_per_iteration"]
     try:
         with open(out / LOG_FILE, "w", newline="") as log_file:
-            log = csv.DictWriter(log_file, log_fields)
+            log = csv.DictWriter(log_file, LOG_FIELDS)
             log.writeheader()
-            for epoch in range(num_epochs):
-                model.train()
-                sums = {"loss": 0.0, "token": 0.0, "pixel": 0.0}
-                start = time.perf_counter()
-                bar = tqdm(range(iterations), desc=f"epoch {epoch + 1}/{num_epochs}", dynamic_ncols=True)
-                for _ in bar:
-                    batch = next(batches)
-                    images = batch["data"].to(dev, non_blocking=True)
-                    segs = batch["target"][:, 0].to(dev, non_blocking=True)
-                    losses = stage1_loss(model.attention_logits(images), segs)
-                    optimizer.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
-                    optimizer.step()
-                    values = {k: v.item() for k, v in losses.items()}
-                    if not math.isfinite(values["loss"]):
-                        raise FloatingPointError(f"stage-1 loss is {values['loss']} in epoch {epoch + 1}")
-                    for k in sums:
-                        sums[k] += values[k]
-                    bar.set_postfix(loss=f"{values['loss']:.4f}")
-                seconds = (time.perf_counter() - start) / iterations
+            for epoch in range(1, num_epochs + 1):
+                train = train_epoch(model, optimizer, batches, iterations, dev, f"epoch {epoch}/{num_epochs}")
                 val_losses = evaluate(model, val_images, val_segs)
                 scheduler.step(val_losses["loss"])
-                row = {"epoch": epoch + 1, **{f"train_{k}": sums[k] / iterations for k in sums},
-                       **{f"val_{k}": val_losses[k] for k in val_losses},
-                       "lr": optimizer.param_groups[0]["lr"], "seconds_per_iteration": seconds}
-                log.writerow(row)
+                log.writerow({"epoch": epoch, **{f"train_{k}": train[k] for k in ("loss", "token", "pixel")},
+                              **{f"val_{k}": v for k, v in val_losses.items()},
+                              "lr": optimizer.param_groups[0]["lr"],
+                              "seconds_per_iteration": train["seconds_per_iteration"]})
                 log_file.flush()
-                print(f"epoch {epoch + 1}: train loss {row['train_loss']:.4f}, val loss {row['val_loss']:.4f}, "
-                      f"{seconds:.3f} s/iteration")
+                print(f"epoch {epoch}: train loss {train['loss']:.4f}, val loss {val_losses['loss']:.4f}, "
+                      f"{train['seconds_per_iteration']:.3f} s/iteration")
     finally:
         if hasattr(batches, "_finish"):
             batches._finish()

@@ -75,11 +75,23 @@ def _read_checkpoint(folder: Path) -> dict:
     return checkpoint
 
 
-def load_stage1(folder: Union[str, Path], device: Union[str, torch.device] = "cpu") -> ClassPromptModel:
-    """The frozen (eval mode, no gradients) stage-1 model of ``folder`` on ``device``."""
-    checkpoint = _read_checkpoint(Path(folder))
+def load_stage1(folder: Union[str, Path], device: Union[str, torch.device] = "cpu", *,
+                num_input_channels: Optional[int] = None, num_classes: Optional[int] = None) -> ClassPromptModel:
+    """The frozen (eval mode, no gradients) stage-1 model of ``folder`` on ``device``.
+
+    When given, ``num_input_channels`` / ``num_classes`` (labels incl. background) are checked
+    against what stage 1 was trained with.
+    """
+    folder = Path(folder)
+    checkpoint = _read_checkpoint(folder)
     state = checkpoint["state_dict"]
     model = ClassPromptModel(ClassPromptConfig.from_dict(checkpoint["config"]), state["text_embeddings"])
+    trained = {"input channels": (model.cfg.vit.in_channels, num_input_channels),
+               "classes": (model.num_classes, num_classes)}
+    for what, (have, want) in trained.items():
+        if want is not None and have != want:
+            raise ValueError(f"CPS4 stage 1 in {folder} was trained with {have} {what}, this training has {want}: "
+                             f"re-run `{_command_hint(folder)}`")
     model.load_state_dict(state)
     model.requires_grad_(False)
     return model.to(device).eval()
