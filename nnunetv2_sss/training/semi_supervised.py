@@ -52,6 +52,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     confidence_threshold = 0.95
     num_strong_views = 1
     min_unlabeled_batch_size = 1
+    unlabeled_slabs_in_2d = False     # 2-D: unlabeled batch = consecutive slices of one case
     export_teacher = True
     # logger key -> legend; subclasses extend with their own figures
     ssl_figures = {'ssl_unlabeled_loss': 'unlabeled loss', 'ssl_confident_share': 'confident voxel share',
@@ -63,6 +64,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         self.teacher = None
         self.ssl_iteration = 0
         self.dataloader_unlabeled = None
+        self.step_figures = {}
         self.logger.local_logger = SemiSupervisedLocalLogger(self.ssl_figures)
 
     # ---- set-up ------------------------------------------------------------------------------
@@ -103,10 +105,12 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         patch_size = tuple(self.configuration_manager.patch_size)
+        batch_size = max(self.batch_size, self.min_unlabeled_batch_size)
         loader = UnlabeledDataLoader(
-            images, max(self.batch_size, self.min_unlabeled_batch_size), initial_patch_size, patch_size,
+            images, batch_size, initial_patch_size, patch_size,
             self.label_manager, weak_view_transforms(patch_size, rotation, mirror_axes, dummy_2d),
-            strong_view_transforms(), self.num_strong_views)
+            strong_view_transforms(), self.num_strong_views,
+            slab_size=batch_size if self.unlabeled_slabs_in_2d and len(patch_size) == 2 else None)
         self.print_to_log_file(f"Unlabeled pool: {len(images)} cases, batch size {loader.batch_size}")
         processes = get_allowed_n_proc_DA()
         if processes == 0:
@@ -159,6 +163,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
                      for k, v in next(self.dataloader_unlabeled).items()}
         weight = self.unlabeled_weight()
 
+        self.step_figures = {}  # figures any hook of this step may add
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             loss_labeled = self.supervised_loss(data, target)
@@ -181,7 +186,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
             self.optimizer.step()
         self.update_teacher()
         return {'loss': loss.detach().cpu().numpy(), 'ssl_unlabeled_loss': float(loss_unlabeled.detach()),
-                'ssl_unlabeled_weight': weight, **figures}
+                'ssl_unlabeled_weight': weight, **figures, **self.step_figures}
 
     def update_teacher(self) -> None:
         """EMA step; skipped (with a log line) if the student holds non-finite weights."""

@@ -45,9 +45,13 @@ class nnUNetTrainerUniMatchV2(nnUNetTrainerSemiSupervised):
         output = first_output(unwrap(self.network).decoder([torch.cat(f, 0) for f in zip(features_1, features_2)]))
         return output[:batch_size], output[batch_size:]
 
+    def pseudo_labels(self, weak: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Teacher's ``(pseudo_label, confidence)``, each ``(B, *spatial)``, on the weak view."""
+        confidence, pseudo_label = self.teacher_probabilities(weak).max(1)
+        return pseudo_label, confidence
+
     def unlabeled_loss(self, unlabeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        teacher_probabilities = self.teacher_probabilities(unlabeled['data'])
-        confidence, pseudo_label = teacher_probabilities.max(1)
+        pseudo_label, confidence = self.pseudo_labels(unlabeled['data'])
         batch_size, spatial_shape = confidence.shape[0], confidence.shape[1:]
 
         views, labels, valid = [], [], []
