@@ -33,11 +33,9 @@ class SAM2PromptHead(nn.Module):
         from sam2.modeling.sam.prompt_encoder import PromptEncoder
         from sam2.modeling.sam.transformer import TwoWayTransformer
 
-        self.slice_size = tuple(int(s) for s in slice_size)
-        self.embedding_size = tuple(math.ceil(s / 16) for s in self.slice_size)
-        self.sam_prompt_encoder = PromptEncoder(
-            embed_dim=d_model, image_embedding_size=self.embedding_size,
-            input_image_size=tuple(16 * s for s in self.embedding_size), mask_in_chans=16)
+        self.sam_prompt_encoder = PromptEncoder(embed_dim=d_model, image_embedding_size=(1, 1),
+                                                input_image_size=(16, 16), mask_in_chans=16)
+        self.set_slice_size(slice_size)
         self.sam_mask_decoder = MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=d_model, mlp_dim=2048, num_heads=8),
@@ -46,6 +44,16 @@ class SAM2PromptHead(nn.Module):
             use_multimask_token_for_obj_ptr=True)
         self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, d_model))
         nn.init.trunc_normal_(self.no_mem_embed, std=0.02)
+
+    def set_slice_size(self, slice_size: Sequence[int]) -> None:
+        """Decode slices of ``(H, W)`` pixels (no parameter depends on it: whole slices of any size
+        can be refined by a head trained on patches)."""
+        self.slice_size = tuple(int(s) for s in slice_size)
+        self.embedding_size = tuple(math.ceil(s / 16) for s in self.slice_size)
+        encoder = self.sam_prompt_encoder
+        encoder.image_embedding_size = self.embedding_size
+        encoder.input_image_size = tuple(16 * e for e in self.embedding_size)
+        encoder.mask_input_size = tuple(4 * e for e in self.embedding_size)
 
     def _padded(self, level: torch.Tensor, stride: int) -> torch.Tensor:
         """Zero-pad a level cropped to ``ceil(n / stride)`` back to ``embedding * 16 / stride``."""

@@ -1,0 +1,122 @@
+"""``nnUNetv2_sss_predict_refine``: SSS prediction refined by PCSW and the trained prompt head.
+
+Per case: nnU-Net's preprocessing and sliding-window prediction (``nnUNetPredictor``, the
+fold's ``network_weights``), argmax in the preprocessed space, PCSW on that label volume
+(slices along the network's slice axis; 2-D configurations: axis 0), and for every
+accepted (slice, class) prompt the trained prompt head's mask replaces that class on that
+slice (whole slices, the head is not tied to the patch size). The refined segmentation is
+exported like nnU-Net's (resampled back to the original geometry) into ``-o``; with
+``--plain DIR`` the unrefined prediction of the same logits goes to ``DIR``, so both can be
+evaluated side by side. Beyond the paper: it is not part of the SSS method's numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List
+
+import numpy as np
+import torch
+
+from nnunetv2_sss.pcsw import DEFAULT_TAU, pcsw_prompts
+
+
+@torch.no_grad()
+def refine_segmentation(network, image: torch.Tensor, segmentation: np.ndarray, classes: List[int],
+                        tau: float = DEFAULT_TAU) -> np.ndarray:
+    """Refined copy of ``segmentation`` ``(Z, Y, X)`` (preprocessed space) of ``image`` ``(C, Z, Y, X)``.
+
+    ``network``: an :class:`~nnunetv2_sss.networks.sss_network.SSSNetwork` with a prompt head.
+    """
+    sam2 = network.encoder.sam2
+    slice_axis = sam2.slice_axis if sam2.conv_dim == 3 else 0
+    labels = np.moveaxis(segmentation, slice_axis, 0).copy()            # (S, H, W)
+    prompts = pcsw_prompts(labels, classes, tau)
+    if not prompts:
+        return segmentation
+    slices = sorted({p.slice_index for p in prompts})
+    row_of = {s: i for i, s in enumerate(slices)}
+    images = image.movedim(slice_axis + 1, 0)[slices]                  # (N, C, H, W)
+    levels = sam2.slice_features(images)[:3]
+    head = network.prompt_head
+    head.set_slice_size(images.shape[-2:])
+    rows = torch.tensor([row_of[p.slice_index] for p in prompts])
+    boxes = torch.tensor([[p.box[1], p.box[0], p.box[3], p.box[2]] for p in prompts], dtype=torch.float32)
+    points = torch.tensor([[p.positive_point[1], p.positive_point[0]] for p in prompts], dtype=torch.float32)
+    masks = (head(levels, rows.to(image.device), boxes.to(image.device), points.to(image.device)) > 0).cpu().numpy()
+    for prompt, mask in zip(prompts, masks):
+        slice_labels = labels[prompt.slice_index]
+        slice_labels[(slice_labels == prompt.label) & ~mask] = 0
+        slice_labels[mask] = prompt.label
+    return np.moveaxis(labels, 0, slice_axis)
+
+
+def _one_hot(segmentation: np.ndarray, num_classes: int) -> torch.Tensor:
+    return torch.from_numpy(np.eye(num_classes, dtype=np.float32)[segmentation]).movedim(-1, 0)
+
+
+def predict_refine(input_folder: str, output_folder: str, model_folder: str, fold, checkpoint: str, device: str,
+                   tau: float, plain_folder: str = None) -> int:
+    """Predict and refine every case of ``input_folder``; returns the number of cases."""
+    from batchgenerators.utilities.file_and_folder_operations import join
+    from nnunetv2.inference.export_prediction import export_prediction_from_logits
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device(device), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
+    network = predictor.network
+    if getattr(network, "prompt_head", None) is None:
+        raise RuntimeError(f"{model_folder}: the trainer's network has no SAM-2 prompt head (train nnUNetTrainerSSS "
+                           f"or another SSS variant with PCSW)")
+    network.load_state_dict(predictor.list_of_parameters[0])
+    network.to(predictor.device).eval()
+    plans, configuration, dataset_json = predictor.plans_manager, predictor.configuration_manager, \
+        predictor.dataset_json
+    num_classes = predictor.label_manager.num_segmentation_heads
+    cases = create_lists_from_splitted_dataset_folder(input_folder, dataset_json["file_ending"])
+    if not cases:
+        raise FileNotFoundError(f"{input_folder}: no images ending in {dataset_json['file_ending']}")
+    preprocessor = configuration.preprocessor_class(verbose=False)
+    for folder in (output_folder, plain_folder):
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+    for files in cases:
+        name = os.path.basename(files[0])[: -len(dataset_json["file_ending"]) - 5]
+        data, _, properties = preprocessor.run_case(files, None, plans, configuration, dataset_json)
+        image = torch.from_numpy(data).float()
+        logits = predictor.predict_logits_from_preprocessed_data(image)
+        segmentation = logits.argmax(0).numpy()
+        if plain_folder:
+            export_prediction_from_logits(logits, properties, configuration, plans, dataset_json,
+                                          join(plain_folder, name), num_threads_torch=1)
+        refined = refine_segmentation(network, image.to(predictor.device), segmentation,
+                                      predictor.label_manager.foreground_labels, tau)
+        export_prediction_from_logits(_one_hot(refined, num_classes), properties, configuration, plans, dataset_json,
+                                      join(output_folder, name), num_threads_torch=1)
+        print(f"{name}: {int((refined != segmentation).sum())} voxels changed by the prompt head")
+    return len(cases)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-i", required=True, help="input folder (nnU-Net naming, CASE_0000.ext)")
+    parser.add_argument("-o", required=True, help="output folder of the refined segmentations")
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-c", required=True, help="configuration")
+    parser.add_argument("-tr", default="nnUNetTrainerSSS")
+    parser.add_argument("-p", default="nnUNetPlans")
+    parser.add_argument("-f", default="0", help="one fold (the prompt head of that fold refines)")
+    parser.add_argument("-chk", default="checkpoint_final.pth")
+    parser.add_argument("-device", default="cuda")
+    parser.add_argument("--tau", type=float, default=DEFAULT_TAU)
+    parser.add_argument("--plain", default=None, help="also write the unrefined prediction here")
+    args = parser.parse_args()
+
+    from batchgenerators.utilities.file_and_folder_operations import join
+    from nnunetv2.paths import nnUNet_results
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+    model_folder = join(nnUNet_results, maybe_convert_to_dataset_name(args.d), f"{args.tr}__{args.p}__{args.c}")
+    fold = args.f if args.f == "all" else int(args.f)
+    predict_refine(args.i, args.o, model_folder, fold, args.chk, args.device, args.tau, args.plain)
