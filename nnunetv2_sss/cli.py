@@ -94,7 +94,7 @@ def demo_entry() -> None:
         description="End-to-end demo on CPU: build the demo dataset, plan and preprocess, preprocess unlabeled "
                     "images, train a semi-supervised trainer briefly, predict the held-out cases, print Dice.")
     parser.add_argument("--workdir", default="demo_work", help="folder for nnUNet_raw/preprocessed/results")
-    parser.add_argument("-tr", default="nnUNetTrainerUniMatchV2", help="trainer (default nnUNetTrainerUniMatchV2)")
+    parser.add_argument("-tr", default="nnUNetTrainerSSS", help="trainer (default nnUNetTrainerSSS)")
     parser.add_argument("-c", default="2d", help="configuration (default 2d)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--iterations", type=int, default=25)

@@ -33,6 +33,10 @@ def run_demo(workdir: str, trainer: str, configuration: str, epochs: int, iterat
     env = {**os.environ, "nnUNet_raw": raw, "nnUNet_preprocessed": preprocessed, "nnUNet_results": results,
            "nnUNet_extTrainer": os.path.dirname(os.path.abspath(nnunetv2_sss.trainers.__file__)),
            "nnUNet_def_n_proc": "1", "nnUNet_compile": "false", "MPLBACKEND": "agg"}
+    # no SAM-2 checkpoint can be downloaded at run time: unless the user set them, the demo uses the
+    # reduced Hiera config shipped with the plugin, with random weights
+    env.setdefault("nnUNet_sss_sam2_config", "sam2_hiera_demo")
+    env.setdefault("nnUNet_sss_sam2_checkpoint", "random")
     train_env = {**env, "nnUNet_n_proc_DA": "0", "nnUNet_sss_num_epochs": str(epochs),
                  "nnUNet_sss_iterations_per_epoch": str(iterations), "nnUNet_sss_val_iterations_per_epoch": "5"}
     started = time.time()

@@ -25,11 +25,11 @@ _ALLOWED_TARGET_PREFIX = "sam2.modeling."
 
 
 def _package_config_files() -> dict[str, Path]:
-    """Config name (file stem, e.g. ``sam2.1_hiera_s``) -> YAML file inside the ``sam2`` package."""
-    root = resources.files("sam2")
+    """Config name (file stem, e.g. ``sam2.1_hiera_s``) -> YAML file inside the ``sam2`` package, plus
+    this plugin's reduced ``sam2_hiera_demo`` (random weights only; CPU demo and benchmarks)."""
     found = {}
-    for folder in _CONFIG_FOLDERS:
-        for entry in (root / folder).iterdir():
+    for package, folder in [("sam2", f) for f in _CONFIG_FOLDERS] + [("nnunetv2_sss.networks", "configs")]:
+        for entry in (resources.files(package) / folder).iterdir():
             if entry.name.endswith(".yaml"):
                 found[entry.name[: -len(".yaml")]] = Path(str(entry))
     return found
