@@ -12,7 +12,7 @@ TTA; preprocessing + sliding window + resampling per case).
 Memory: on CPU the process's resident set before the first step and its peak after the
 steps (``ru_maxrss``); on CUDA ``torch.cuda.max_memory_allocated`` during the timed steps.
 
-    python benchmarks/bench_sam2.py [--workdir bench_sam2_work] [--device cpu|cuda]
+    python benchmarks/bench_sam2.py [--workdir benchmarks/work/sam2] [--device cpu|cuda]
                                     [--iterations 5] [--warmup 1] [--cases 2] [--threads 1]
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ TRAINERS_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_
 
 def environment(workdir: str, sam2_config) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
-    env.update({"nnUNet_raw": os.path.join(workdir, "raw"), "nnUNet_preprocessed": os.path.join(workdir, "preprocessed"),
+    env.update({"nnUNet_raw": os.path.join(workdir, "raw"),
+                "nnUNet_preprocessed": os.path.join(workdir, "preprocessed"),
                 "nnUNet_results": os.path.join(workdir, "results"), "nnUNet_extTrainer": TRAINERS_FOLDER,
                 "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false"})
     if sam2_config:
@@ -112,7 +113,7 @@ def _current_rss_mb() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workdir", default="bench_sam2_work")
+    parser.add_argument("--workdir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "work", "sam2"))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)

@@ -237,7 +237,8 @@ def test_checkpoint_variable(monkeypatch, tmp_path):
 # ---- learning-rate schedule -----------------------------------------------------------------------------
 def test_warmup_cosine_factor_by_hand():
     # 10 epochs, 2 of warm-up: 1/3, 2/3, then cos over the remaining 8
-    expected = {0: 1 / 3, 1: 2 / 3, 2: 1.0, 4: (1 + math.cos(math.pi / 4)) / 2, 6: 0.5, 9: (1 + math.cos(7 * math.pi / 8)) / 2}
+    expected = {0: 1 / 3, 1: 2 / 3, 2: 1.0, 4: (1 + math.cos(math.pi / 4)) / 2, 6: 0.5,
+                9: (1 + math.cos(7 * math.pi / 8)) / 2}
     for step, value in expected.items():
         assert warmup_cosine_factor(step, 2, 10) == pytest.approx(value)
     assert warmup_cosine_factor(0, 0, 1) == 1.0

@@ -103,7 +103,8 @@ class SAM2SliceEncoder(nn.Module):
         return F.pad(images, (0, pad[1], 0, pad[0])) if any(pad) else images
 
     def slice_features(self, slices: torch.Tensor) -> list[torch.Tensor]:
-        """All FPN levels (strides 4, 8, ...) of ``(N, C, H, W)`` slices, each ``(N, d_model, ceil(H/s), ceil(W/s))``."""
+        """All FPN levels (strides s = 4, 8, ...) of ``(N, C, H, W)`` slices:
+        ``(N, d_model, ceil(H/s), ceil(W/s))`` each."""
         height, width = slices.shape[-2:]
         features, _ = self.image_encoder.neck(self.image_encoder.trunk(self.prepare_slices(slices)))
         out = []

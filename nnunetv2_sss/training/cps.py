@@ -16,7 +16,7 @@ pseudo-label (argmax) on the weak view of the unlabeled batch:
   and ``nnUNetv2_predict`` already handle.
 - ``export_teacher = False``: the base's EMA teacher is no part of CPS; exporting it would
   make the baseline a CPS + Mean Teacher hybrid.
-- Single process only (network 2 is not wrapped in DDP).
+- Single process only, like every semi-supervised trainer of the plugin.
 """
 from __future__ import annotations
 
@@ -55,9 +55,6 @@ class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
     def configure_optimizers(self):
         """nnU-Net's optimizer and schedule with network 2 as a second parameter group (called by
         ``initialize`` right after network 1 is built, so network 2 is built here too)."""
-        if self.is_ddp:
-            raise RuntimeError(f"{self.__class__.__name__} does not support multi-GPU (DDP) training: "
-                               f"its second network is not synchronised. Train on one GPU.")
         self.network_b = self.build_second_network()
         optimizer, lr_scheduler = super().configure_optimizers()
         optimizer.add_param_group({'params': list(self.network_b.parameters())})

@@ -12,9 +12,10 @@
   checkpoint and do not need the variable; ``-pretrained_weights`` overrides it.
 - Optimiser: AdamW (betas 0.9/0.999, weight decay 0.01), lr 1e-4 (SSS paper) for the new
   parts (channel adapter, stem, decoder) and ``encoder_lr_factor`` = 0.1 times that for
-  the pretrained image encoder (UniMatch V2 uses 1/40 for its DINOv2 encoder; 0.1 is the
-  usual SAM fine-tuning ratio); linear warm-up over ``warmup_fraction`` of the epochs, then
-  cosine decay to 0, stepped per epoch like nnU-Net's poly schedule.
+  the pretrained image encoder (UniMatch V2 uses 1/40 for its DINOv2 encoder; 0.1 is a
+  common ratio for a pretrained backbone under a new decoder); linear warm-up over
+  ``warmup_fraction`` of the epochs, then cosine decay to 0, stepped per epoch like
+  nnU-Net's poly schedule (``training/lr_schedule.py``). Details: ``docs/sam2_network.md``.
 - ``freeze_encoder = True`` keeps the image encoder fixed (no gradients, not in the optimiser).
 - Deep supervision: one output per decoder level at strides 1, 2, 4, 8, 16 in-plane
   (1 along the slice axis of 3-D patches), not the plans' pooling.

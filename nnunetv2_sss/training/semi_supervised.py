@@ -61,6 +61,11 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp:
+            raise RuntimeError(
+                f"{self.__class__.__name__} runs the student more than once per step (labeled batch, unlabeled views, "
+                f"encoder and decoder separately), which DistributedDataParallel does not synchronise correctly; "
+                f"multi-GPU training of the semi-supervised trainers is not supported: use -num_gpus 1.")
         self.teacher = None
         self.ssl_iteration = 0
         self.dataloader_unlabeled = None
@@ -204,10 +209,6 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         outputs = collate_outputs(train_outputs)
         for key in self.ssl_figures:
             value = float(np.nanmean(outputs[key])) if key in outputs else float('nan')
-            if self.is_ddp:
-                gathered = [None] * torch.distributed.get_world_size()
-                torch.distributed.all_gather_object(gathered, value)
-                value = float(np.nanmean(gathered))
             self.logger.log(key, value, self.current_epoch)
 
     def on_epoch_end(self):

@@ -69,10 +69,6 @@ class nnUNetTrainerSSS(nnUNetTrainerUniMatchV2, nnUNetTrainerSAM2):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.is_ddp:
-            raise RuntimeError(f"{self.__class__.__name__} calls the network's encoder, DFE, decoder and prompt head "
-                               f"separately, which bypasses DistributedDataParallel's gradient synchronisation; "
-                               f"train it on one GPU (-num_gpus 1).")
         self.unlabeled_slabs_in_2d = self.use_pcsw
         self.prompt_rng = np.random.default_rng()
 
