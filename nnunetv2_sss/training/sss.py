@@ -12,7 +12,10 @@ UniMatch V2's objective (``nnUNetTrainerUniMatchV2``) on the SAM-2 network
   patches PCSW (:mod:`nnunetv2_sss.pcsw`) picks slice windows of the teacher's argmax; the
   teacher's prompt head decodes a mask per prompt and the mask replaces the pseudo-label of
   that class on that slice (voxels of the class outside the mask become background); the
-  voxels inside a decoded mask count as confident.
+  confidence mask stays the teacher's. The replacement starts after the first
+  ``pcsw_warmup_fraction`` of the epochs, while the prompt head learns from labeled slices
+  (with random SAM-2 weights an untrained head would rewrite large parts of the
+  pseudo-labels); PCSW telemetry is logged from the start.
 
 In 2-D configurations the unlabeled batch is a slab of consecutive slices of one case, so
 PCSW has a slice axis; in 3-D each patch is a volume sliced along the SAM-2 slice axis.
@@ -60,6 +63,7 @@ class nnUNetTrainerSSS(nnUNetTrainerUniMatchV2, nnUNetTrainerSAM2):
     use_dfe = True
     use_pcsw = True
     pcsw_tau = DEFAULT_TAU
+    pcsw_warmup_fraction = 0.1
     prompt_loss_weight = 1.0
     max_prompts_per_step = 16  # ground-truth prompts per iteration for the prompt head
     ssl_figures = {**nnUNetTrainerUniMatchV2.ssl_figures, 'ssl_pcsw_acceptance': 'PCSW acceptance rate',
@@ -144,31 +148,28 @@ class nnUNetTrainerSSS(nnUNetTrainerUniMatchV2, nnUNetTrainerSAM2):
             prompts += found
             rows += [v * per_volume + p.slice_index for p in found]
         changed = 0.0
-        if prompts:
+        if prompts and self.current_epoch >= self.pcsw_warmup_fraction * self.num_epochs:
             row_index, boxes, points = prompt_tensors(prompts, rows, weak.device)
             masks = self.teacher.prompt_head(self.teacher.prompt_levels(features), row_index, boxes, points) > 0
-            pseudo_label, confidence, changed = self.apply_refined_masks(pseudo_label, confidence, prompts, rows, masks)
+            pseudo_label, changed = self.apply_refined_masks(pseudo_label, prompts, rows, masks)
         self.step_figures.update(ssl_pcsw_acceptance=accepted / len(volumes),
                                  ssl_prompts_per_volume=len(prompts) / len(volumes) / 10,
                                  ssl_pseudo_label_changed=changed)
         return pseudo_label, confidence
 
-    def apply_refined_masks(self, pseudo_label, confidence, prompts, rows, masks):
-        """Replace each prompt's class on its slice by the decoded mask; returns the new
-        ``(pseudo_label, confidence)`` and the share of pseudo-label voxels changed."""
+    def apply_refined_masks(self, pseudo_label, prompts, rows, masks):
+        """Replace each prompt's class on its slice by the decoded mask; returns the new pseudo-label
+        and the share of its voxels changed."""
         sam2 = self.teacher.encoder.sam2
-        label_slices = sam2.to_slices(pseudo_label[:, None].clone())[:, 0]      # (B * S, H, W) copies
-        confidence_slices = sam2.to_slices(confidence[:, None].clone())[:, 0]
+        label_slices = sam2.to_slices(pseudo_label[:, None].clone())[:, 0]      # (B * S, H, W) copy
         before = label_slices.clone()
         for prompt, row, mask in zip(prompts, rows, masks):
             slice_labels = label_slices[row]
             slice_labels[(slice_labels == prompt.label) & ~mask] = 0
             slice_labels[mask] = prompt.label
-            confidence_slices[row][mask] = 1.0
         changed = float((label_slices != before).float().mean())
         batch = pseudo_label.shape[0]
-        return (sam2.from_slices(label_slices[:, None], batch)[:, 0],
-                sam2.from_slices(confidence_slices[:, None], batch)[:, 0], changed)
+        return sam2.from_slices(label_slices[:, None], batch)[:, 0], changed
 
 
 class nnUNetTrainerSSS_noDFE(nnUNetTrainerSSS):
