@@ -96,7 +96,7 @@ def demo_entry() -> None:
     parser.add_argument("--workdir", default="demo_work", help="folder for nnUNet_raw/preprocessed/results")
     parser.add_argument("-tr", default="nnUNetTrainerSSS", help="trainer (default nnUNetTrainerSSS)")
     parser.add_argument("-c", default="2d", help="configuration (default 2d)")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--iterations", type=int, default=25)
     parser.add_argument("-device", default="cpu")
     args = parser.parse_args()

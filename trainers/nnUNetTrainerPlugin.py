@@ -1,0 +1,1 @@
+from nnunetv2_sss.training.base import nnUNetTrainerPlugin  # noqa: F401
