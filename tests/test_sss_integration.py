@@ -56,7 +56,15 @@ def test_sss_2d_with_sam2_checkpoint_then_predict_without_it(nnunet_dataset, tmp
         assert sitk.GetArrayFromImage(sitk.ReadImage(str(refined / case.name))).shape == ours.shape
 
 
-def test_sss_baseline_ablation_3d_has_neither_dfe_nor_prompt_head(nnunet_dataset, tmp_path):
-    _, _, saved = _train(nnunet_dataset, tmp_path, "nnUNetTrainerSSS_baseline", "3d_fullres")
+def test_sss_baseline_ablation_3d_has_neither_dfe_nor_prompt_head_and_resumes(nnunet_dataset, tmp_path):
+    results, fold, saved = _train(nnunet_dataset, tmp_path, "nnUNetTrainerSSS_baseline", "3d_fullres")
     assert not any(k.startswith(("fusion.", "prompt_head.")) for k in saved["network_weights"])
     assert np.isfinite(saved["logging"]["ssl_unlabeled_loss"][0])
+    # --c and --val take the SAM-2 config and weights from the nnU-Net checkpoint, no SAM-2 variables
+    train = ["nnUNetv2_train", nnunet_dataset.dataset_id, "3d_fullres", 0, "-tr", "nnUNetTrainerSSS_baseline",
+             "-device", "cpu"]
+    run_cli(train + ["--c"], nnunet_dataset.env(nnUNet_results=results, nnUNet_sss_num_epochs=2))
+    resumed = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert resumed["ssl_iteration"] == 4 and resumed["current_epoch"] == 2
+    run_cli(train + ["--val"], nnunet_dataset.env(nnUNet_results=results))
+    assert (fold / "validation" / "summary.json").is_file()
