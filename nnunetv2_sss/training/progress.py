@@ -43,14 +43,14 @@ class SemiSupervisedLocalLogger(LocalLogger):
         top = fig.add_axes((0, 0.25, 1, 0.75))
         top.imshow(nnunet_panels)
         top.axis("off")
-        ax = fig.add_axes((0.08, 0.03, 0.84, 0.19))
+        ax = fig.add_axes((0.08, 0.03, 0.84, 0.16))
         x_values = list(range(epoch + 1))
         for key, label in self.figures.items():
             ax.plot(x_values, self.my_fantastic_logging[key][: epoch + 1], label=label, linewidth=4)
         ax.set_xlabel("epoch", fontsize=28)
         ax.set_ylabel("semi-supervised", fontsize=28)
         ax.tick_params(labelsize=24)
-        ax.legend(loc=(0, 1), ncol=max(1, len(self.figures)), fontsize=24)
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=min(3, len(self.figures)), fontsize=24)
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
 
