@@ -23,7 +23,6 @@ def _run(command, env) -> None:
 
 def run_demo(workdir: str, trainer: str, configuration: str, epochs: int, iterations: int, device: str) -> dict:
     """Run the demo in ``workdir``; returns the per-class Dice of the held-out cases (%)."""
-    from nnunetv2_sss.cli import trainers_path_entry  # noqa: F401  (the package must be importable)
     import nnunetv2_sss.trainers
 
     raw, preprocessed, results = (os.path.join(workdir, d) for d in ("nnUNet_raw", "nnUNet_preprocessed",

@@ -1,7 +1,7 @@
 """nnU-Net's local logger with the semi-supervised figures added (log and progress.png)."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict
 
 import matplotlib
 from batchgenerators.utilities.file_and_folder_operations import join
@@ -54,7 +54,3 @@ class SemiSupervisedLocalLogger(LocalLogger):
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
 
-
-def figures_summary(values: Dict[str, float], keys: Sequence[str]) -> str:
-    """``'key: value, ...'`` of the given keys, 4 decimals, for the epoch log line."""
-    return ", ".join(f"{k}: {values[k]:.4f}" for k in keys)
