@@ -1,0 +1,71 @@
+"""One error style for known user errors.
+
+A known user error (a bad ``nnUNet_sss_*`` value, a missing file, a dataset that lacks what a
+command needs, ...) is raised as :class:`UserError` whose message is one line naming the file
+or variable and what to do. The commands and the trainers turn it into ``ERROR: <message>`` on
+stderr and a non-zero exit, without a traceback; any other exception is a bug and keeps its
+traceback.
+
+- commands: decorate the entry point with :func:`user_errors` (exit code 2);
+- trainers (inside nnU-Net's ``nnUNetv2_train``): ``nnUNetTrainerPlugin`` catches
+  :class:`UserError` at its seams and raises :func:`trainer_exit` (exit code 1).
+
+The subclasses also derive from the matching built-in exception, so ``except ValueError`` /
+``except FileNotFoundError`` callers keep working.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Callable, NoReturn, TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+EXIT_CODE = 2
+
+
+class UserError(Exception):
+    """A known user error; ``str(error)`` is the one-line message shown as ``ERROR: ...``."""
+
+
+class UserValueError(UserError, ValueError):
+    """A bad value (variable, argument, file content)."""
+
+
+class UserFileNotFoundError(UserError, FileNotFoundError):
+    """A file or folder the user must provide is missing."""
+
+
+class UserFileExistsError(UserError, FileExistsError):
+    """A file would be overwritten without ``--force``."""
+
+
+class UserRuntimeError(UserError, RuntimeError):
+    """A required setting or earlier step is missing."""
+
+
+def one_line(error: BaseException) -> str:
+    """The message of ``error`` on one line."""
+    return " ".join(str(error).split())
+
+
+def fail(message: str, code: int = EXIT_CODE) -> NoReturn:
+    """Print ``ERROR: message`` to stderr and exit with ``code``."""
+    print(f"ERROR: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def user_errors(entry: F) -> F:
+    """Decorator for a command's entry point: :class:`UserError` -> ``ERROR: ...``, exit 2."""
+    @functools.wraps(entry)
+    def wrapper(*args, **kwargs):
+        try:
+            return entry(*args, **kwargs)
+        except UserError as error:
+            fail(one_line(error))
+    return wrapper  # type: ignore[return-value]
+
+
+def trainer_exit(error: UserError) -> SystemExit:
+    """``SystemExit`` that prints ``ERROR: ...`` without traceback (exit 1): ``raise trainer_exit(e) from None``."""
+    return SystemExit(f"ERROR: {one_line(error)}")
