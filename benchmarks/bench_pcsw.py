@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from nnunetv2_sss.dfe import DiscriminativeFeatureEnhancement
-from nnunetv2_sss.pcsw import pcsw_prompts
+from nnunetv2_sss.sss.dfe import DiscriminativeFeatureEnhancement
+from nnunetv2_sss.sss.pcsw import pcsw_prompts
 
 SHAPE = (32, 128, 128)
 NUM_CLASSES = 6

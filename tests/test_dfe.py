@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nnunetv2_sss.dfe import DiscriminativeFeatureEnhancement
+from nnunetv2_sss.sss.dfe import DiscriminativeFeatureEnhancement
 
 CHANNELS = (4, 6, 8)
 

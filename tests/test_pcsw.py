@@ -10,7 +10,7 @@ from itertools import product
 import numpy as np
 import pytest
 
-from nnunetv2_sss.pcsw import SlicePrompt, pcsw_prompts, select_windows, window_lengths
+from nnunetv2_sss.sss.pcsw import SlicePrompt, pcsw_prompts, select_windows, window_lengths
 
 
 def tube_volume(num_slices: int = 9) -> np.ndarray:

@@ -85,7 +85,8 @@ def test_masked_cross_entropy_by_hand():
     logits = torch.tensor([[[0.0, 2.0]], [[0.0, 0.0]]]).permute(1, 0, 2)  # (1, 2 classes, 2 voxels)
     label = torch.tensor([[1, 0]])
     valid = torch.tensor([[True, False]])
-    expected = -math.log(math.exp(0) / (math.exp(0) + math.exp(0)))  # voxel 0: logits (0, 0), label 1
+    # voxel 0: logits (0, 0), label 1; divided by both voxels (UniMatch V2), not by the valid one
+    expected = -math.log(math.exp(0) / (math.exp(0) + math.exp(0))) / 2
     assert masked_cross_entropy(logits, label, valid).item() == pytest.approx(expected)
     assert masked_cross_entropy(logits, label, torch.zeros_like(valid)).item() == 0.0
 

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from nnunetv2_sss.ground_truth_prompts import ground_truth_prompts, largest_component
+from nnunetv2_sss.sss.ground_truth_prompts import ground_truth_prompts, largest_component
 from nnunetv2_sss.networks.prompt_head import SAM2PromptHead, load_prompt_head_weights
 from nnunetv2_sss.networks.sss_network import SSSNetwork
-from nnunetv2_sss.pcsw import SlicePrompt
-from nnunetv2_sss.training.sss import mask_loss, prompt_tensors
+from nnunetv2_sss.sss.pcsw import SlicePrompt
+from nnunetv2_sss.sss.refinement import prompt_coordinates
+from nnunetv2_sss.training.sss import mask_loss
 from tiny_sam2 import TINY_IMAGE_ENCODER, write_sam2_checkpoint
 
 D_MODEL = TINY_IMAGE_ENCODER["neck"]["d_model"]
@@ -68,9 +69,9 @@ def test_largest_component_and_ground_truth_prompts():
     assert ground_truth_prompts(np.zeros((1, 4, 4), np.int64), [1], 5, np.random.default_rng(0))[1].shape == (0, 4, 4)
 
 
-def test_prompt_tensors_swap_to_xy():
-    rows, boxes, points = prompt_tensors([SlicePrompt(3, 1, (1, 2, 5, 7), (4, 6))], [11], "cpu")
-    assert rows.tolist() == [11] and boxes.tolist() == [[2, 1, 7, 5]] and points.tolist() == [[6, 4]]
+def test_prompt_coordinates_swap_to_xy():
+    boxes, points = prompt_coordinates([SlicePrompt(3, 1, (1, 2, 5, 7), (4, 6))], "cpu")
+    assert boxes.tolist() == [[2, 1, 7, 5]] and points.tolist() == [[6, 4]]
 
 
 def test_mask_loss_by_hand():
@@ -81,7 +82,7 @@ def test_mask_loss_by_hand():
 
 
 def test_refine_changes_only_prompted_slices_and_classes():
-    from nnunetv2_sss.refine import refine_segmentation
+    from nnunetv2_sss.sss.predict_refine import refine_segmentation
     torch.manual_seed(0)
     network = SSSNetwork(TINY_IMAGE_ENCODER, 1, 3, 2, deep_supervision=False, prompt_slice_size=(32, 32)).eval()
     image = torch.randn(1, 6, 40, 36)               # a whole case, slices larger than the training patch

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
-from nnunetv2_sss.dfe import DiscriminativeFeatureEnhancement
+from nnunetv2_sss.sss.dfe import DiscriminativeFeatureEnhancement
 from nnunetv2_sss.networks.prompt_head import SAM2PromptHead
 from nnunetv2_sss.networks.sam2_unet import STEM_STRIDES, SAM2UNet, configuration_layout
 

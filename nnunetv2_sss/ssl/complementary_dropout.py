@@ -1,7 +1,7 @@
 """Complementary channel dropout of UniMatch V2 on multi-scale features of two views."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import torch
 
@@ -47,3 +47,14 @@ def apply_complementary_dropout(features_1: Sequence[torch.Tensor], features_2: 
         out_1.append(f1 * m1.view(shape).to(f1.dtype))
         out_2.append(f2 * m2.view(shape).to(f2.dtype))
     return out_1, out_2
+
+
+def dropped_decoder_inputs(fuse: Callable, features_1: Sequence[torch.Tensor], features_2: Sequence[torch.Tensor],
+                           drop_probability: float = 0.5, generator: torch.Generator = None
+                           ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Decoder inputs of two strong views: ``fuse(features_1, features_2)`` (identity, or SSS's DFE)
+    on the UNDROPPED encoder features, then complementary dropout on its outputs (UniMatch V2 drops
+    what enters its decoder head; dropping before DFE would make DFE's ``S`` 0 for every dropped
+    pair and let its ``delta F`` hand the dropped channels back)."""
+    inputs_1, inputs_2 = fuse(features_1, features_2)
+    return apply_complementary_dropout(inputs_1, inputs_2, drop_probability, generator)

@@ -6,14 +6,15 @@ import torch.nn.functional as F
 
 
 def masked_cross_entropy(logits: torch.Tensor, pseudo_label: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mean voxel-wise CE over valid voxels (0 when none is valid).
+    """Voxel-wise CE summed over valid voxels and divided by ALL voxels of the batch, as UniMatch
+    V2 does (``loss.sum() / (ignore_mask != 255).sum()``), so the term grows as the teacher
+    becomes confident instead of giving a handful of confident voxels full weight.
 
     ``logits``: ``(B, K, *spatial)``; ``pseudo_label``: long ``(B, *spatial)``;
     ``valid``: bool ``(B, *spatial)``.
     """
     per_voxel = F.cross_entropy(logits.float(), pseudo_label, reduction="none")
-    valid = valid.to(per_voxel.dtype)
-    return (per_voxel * valid).sum() / valid.sum().clamp_min(1.0)
+    return (per_voxel * valid.to(per_voxel.dtype)).sum() / per_voxel.numel()
 
 
 def softmax_mse(student_logits: torch.Tensor, teacher_probabilities: torch.Tensor) -> torch.Tensor:

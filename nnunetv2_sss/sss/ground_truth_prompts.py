@@ -1,7 +1,7 @@
 """Prompts derived from ground truth for training the SAM-2 prompt head on labeled slices.
 
 Per slice and present class: the largest 8-connected component, its box and its deepest
-point (the same geometry as PCSW's prompts, :func:`nnunetv2_sss.pcsw.window_prompts`), the box
+point (the same geometry as PCSW's prompts, :func:`nnunetv2_sss.sss.pcsw.window_prompts`), the box
 jittered by up to ``jitter`` of its side (at least 1 voxel) per edge. The target of a prompt
 is that component's mask.
 """
@@ -12,7 +12,7 @@ from typing import List, Sequence, Tuple
 import cc3d
 import numpy as np
 
-from nnunetv2_sss.pcsw import ClassWindow, SlicePrompt, window_prompts
+from nnunetv2_sss.sss.pcsw import ClassWindow, SlicePrompt, window_prompts
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

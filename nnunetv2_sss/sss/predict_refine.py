@@ -18,37 +18,29 @@ from typing import List
 import numpy as np
 import torch
 
-from nnunetv2_sss.pcsw import DEFAULT_TAU, pcsw_prompts
+from nnunetv2_sss.errors import (UserFileNotFoundError, UserRuntimeError, UserValueError, dataset_name,
+                                 nnunet_path, user_errors)
+from nnunetv2_sss.sss.pcsw import DEFAULT_TAU
+from nnunetv2_sss.sss.refinement import refine_slices
 
 
 @torch.no_grad()
 def refine_segmentation(network, image: torch.Tensor, segmentation: np.ndarray, classes: List[int],
                         tau: float = DEFAULT_TAU) -> np.ndarray:
-    """Refined copy of ``segmentation`` ``(Z, Y, X)`` (preprocessed space) of ``image`` ``(C, Z, Y, X)``.
+    """Refined copy of ``segmentation`` ``(Z, Y, X)`` (preprocessed space) of ``image`` ``(C, Z, Y, X)``
+    (:func:`~nnunetv2_sss.sss.refinement.refine_slices` on the whole volume; only slices with a
+    prompt go through the SAM-2 encoder).
 
     ``network``: an :class:`~nnunetv2_sss.networks.sss_network.SSSNetwork` with a prompt head.
     """
     sam2 = network.encoder.sam2
     slice_axis = sam2.slice_axis if sam2.conv_dim == 3 else 0
-    labels = np.moveaxis(segmentation, slice_axis, 0).copy()            # (S, H, W)
-    prompts = pcsw_prompts(labels, classes, tau)
-    if not prompts:
-        return segmentation
-    slices = sorted({p.slice_index for p in prompts})
-    row_of = {s: i for i, s in enumerate(slices)}
-    images = image.movedim(slice_axis + 1, 0)[slices]                  # (N, C, H, W)
-    levels = sam2.slice_features(images)[:3]
-    head = network.prompt_head
-    head.set_slice_size(images.shape[-2:])
-    rows = torch.tensor([row_of[p.slice_index] for p in prompts])
-    boxes = torch.tensor([[p.box[1], p.box[0], p.box[3], p.box[2]] for p in prompts], dtype=torch.float32)
-    points = torch.tensor([[p.positive_point[1], p.positive_point[0]] for p in prompts], dtype=torch.float32)
-    masks = (head(levels, rows.to(image.device), boxes.to(image.device), points.to(image.device)) > 0).cpu().numpy()
-    for prompt, mask in zip(prompts, masks):
-        slice_labels = labels[prompt.slice_index]
-        slice_labels[(slice_labels == prompt.label) & ~mask] = 0
-        slice_labels[mask] = prompt.label
-    return np.moveaxis(labels, 0, slice_axis)
+    labels = torch.from_numpy(np.moveaxis(segmentation, slice_axis, 0).astype(np.int64)).to(image.device)  # (S, H, W)
+    images = image.movedim(slice_axis + 1, 0)                                                      # (S, C, H, W)
+    network.prompt_head.set_slice_size(images.shape[-2:])
+    refined = refine_slices(network.prompt_head, lambda rows: sam2.slice_features(images[rows])[:3], labels,
+                            torch.ones(labels.shape, device=image.device), labels.shape[0], classes, tau)
+    return np.moveaxis(refined.labels.cpu().numpy(), 0, slice_axis).astype(segmentation.dtype)
 
 
 def _one_hot(segmentation: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -67,7 +59,7 @@ def predict_refine(input_folder: str, output_folder: str, model_folder: str, fol
     predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
     network = predictor.network
     if getattr(network, "prompt_head", None) is None:
-        raise RuntimeError(f"{model_folder}: the trainer's network has no SAM-2 prompt head (train nnUNetTrainerSSS "
+        raise UserRuntimeError(f"{model_folder}: the trainer's network has no SAM-2 prompt head (train nnUNetTrainerSSS "
                            f"or another SSS variant with PCSW)")
     network.load_state_dict(predictor.list_of_parameters[0])
     network.to(predictor.device).eval()
@@ -76,7 +68,8 @@ def predict_refine(input_folder: str, output_folder: str, model_folder: str, fol
     num_classes = predictor.label_manager.num_segmentation_heads
     cases = create_lists_from_splitted_dataset_folder(input_folder, dataset_json["file_ending"])
     if not cases:
-        raise FileNotFoundError(f"{input_folder}: no images ending in {dataset_json['file_ending']}")
+        raise UserFileNotFoundError(f"{input_folder}: no images ending in {dataset_json['file_ending']} "
+                                    f"(nnU-Net naming CASE_0000{dataset_json['file_ending']})")
     preprocessor = configuration.preprocessor_class(verbose=False)
     for folder in (output_folder, plain_folder):
         if folder:
@@ -98,6 +91,7 @@ def predict_refine(input_folder: str, output_folder: str, model_folder: str, fol
     return len(cases)
 
 
+@user_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", required=True, help="input folder (nnU-Net naming, CASE_0000.ext)")
@@ -115,8 +109,16 @@ def main() -> None:
 
     from batchgenerators.utilities.file_and_folder_operations import join
     from nnunetv2.paths import nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    model_folder = join(nnUNet_results, maybe_convert_to_dataset_name(args.d), f"{args.tr}__{args.p}__{args.c}")
+    nnunet_path(nnUNet_results)
+    if args.f != "all" and not args.f.isdigit():
+        raise UserValueError(f"-f {args.f!r}: give one fold, an integer or 'all'")
     fold = args.f if args.f == "all" else int(args.f)
+    model_folder = join(nnUNet_results, dataset_name(args.d), f"{args.tr}__{args.p}__{args.c}")
+    checkpoint = join(model_folder, f"fold_{fold}", args.chk)
+    if not os.path.isfile(checkpoint):
+        raise UserFileNotFoundError(f"{checkpoint} not found: train that fold first (nnUNetv2_train {args.d} "
+                                    f"{args.c} {fold} -tr {args.tr} -p {args.p}) or pick -f / -chk / -tr / -c")
+    if not os.path.isdir(args.i):
+        raise UserFileNotFoundError(f"input folder {args.i} does not exist")
     predict_refine(args.i, args.o, model_folder, fold, args.chk, args.device, args.tau, args.plain)
