@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import save_json
 
 from helpers import run_cli
+from nnunetv2_sss.errors import UserError
 from nnunetv2_sss.evaluation.evaluate import evaluate_folders, stats_of
 from nnunetv2_sss.evaluation.results_table import main as results_main
 
@@ -55,20 +56,25 @@ def test_results_table_from_real_summaries(nnunet_dataset, tmp_path):
                                       SimpleITKIO(), ".nii.gz", [1, 2], None, num_processes=1)
             dices.append(dice_by_hand(pairs))
         expected[trainer] = dices
-    # the Mean Teacher's fold 1 was also evaluated with our command: its 95HD/ASD enter the table
+    # the Mean Teacher's fold 1 was also evaluated with our command: its 95HD/ASD/ASSD enter the table
     mt_fold1 = results / f"nnUNetTrainerMeanTeacher__{PLANS}__{CONFIG}" / "fold_1" / "validation"
     dataset_json = {"labels": {"background": 0, "tissue_a": 1, "tissue_b": 2}, "file_ending": ".nii.gz"}
-    ours = evaluate_folders(str(raw / "labelsTr"), str(mt_fold1), dataset_json)
+    with pytest.raises(UserError, match="no prediction for 4 of 8 reference cases.*--allow-missing"):
+        evaluate_folders(str(raw / "labelsTr"), str(mt_fold1), dataset_json)
+    ours = evaluate_folders(str(raw / "labelsTr"), str(mt_fold1), dataset_json, allow_missing=True)
+    assert ours["references_without_prediction"] == cases[:4]
     save_json(ours, str(mt_fold1 / "summary_sss.json"), sort_keys=False)
     # test set: our evaluation of made-up test predictions, one folder per trainer
-    test_dirs = []
-    for trainer, shift in (("nnUNetTrainer", 3), ("nnUNetTrainerMeanTeacher", 0)):
+    # (the nnUNetTrainer folder lacks the last test case, evaluated with allow_missing: the table names it)
+    test_dirs, test_cases = [], sorted(os.listdir(raw / "labelsTs"))
+    for trainer, shift, predicted in (("nnUNetTrainer", 3, test_cases[:-1]),
+                                      ("nnUNetTrainerMeanTeacher", 0, test_cases)):
         folder = tmp_path / f"test_{trainer}"
         folder.mkdir()
-        for case in sorted(os.listdir(raw / "labelsTs")):
+        for case in predicted:
             write_prediction(raw / "labelsTs" / case, folder / case, shift)
-        save_json(evaluate_folders(str(raw / "labelsTs"), str(folder), dataset_json, merge_foreground=True),
-                  str(folder / "summary_sss.json"), sort_keys=False)
+        save_json(evaluate_folders(str(raw / "labelsTs"), str(folder), dataset_json, merge_foreground=True,
+                                   allow_missing=True), str(folder / "summary_sss.json"), sort_keys=False)
         test_dirs.append(str(folder))
 
     out = tmp_path / "tables"
@@ -92,6 +98,10 @@ def test_results_table_from_real_summaries(nnunet_dataset, tmp_path):
     hd95 = stats_of(ours, ours["headline"])["HD95_vox"]["mean"]
     assert float(validation["nnUNetTrainerMeanTeacher"]["HD95_vox_mean"]) == pytest.approx(hd95, abs=1e-3)
     assert validation["nnUNetTrainerMeanTeacher"]["HD95_vox_n"] == "1"
+    for name in ("ASD_vox", "ASSD_vox"):
+        value = stats_of(ours, ours["headline"])[name]["mean"]
+        assert float(validation["nnUNetTrainerMeanTeacher"][f"{name}_mean"]) == pytest.approx(value, abs=1e-3)
+        assert validation["nnUNetTrainer"][f"{name}_mean"] == "nan"
     test = {r["trainer"]: r for r in rows if r["evaluated_on"] == "test"}
     for trainer, folder in zip(("nnUNetTrainer", "nnUNetTrainerMeanTeacher"), test_dirs):
         from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -99,24 +109,42 @@ def test_results_table_from_real_summaries(nnunet_dataset, tmp_path):
         merged = stats_of(result, "(1, 2)")
         assert float(test[trainer]["Dice_pct_mean"]) == pytest.approx(merged["Dice_pct"]["mean"], abs=1e-3)
         assert float(test[trainer]["ASD_vox_std"]) == pytest.approx(merged["ASD_vox"]["std"], abs=1e-3)
+        assert float(test[trainer]["ASSD_vox_mean"]) == pytest.approx(merged["ASSD_vox"]["mean"], abs=1e-3)
     assert float(test["nnUNetTrainerMeanTeacher"]["Dice_pct_mean"]) == pytest.approx(100)
 
     markdown = (out / f"results_{CONFIG}_{PLANS}.md").read_text()
-    assert "| Method | unlabeled | evaluated on | n | Dice % | Jaccard % | 95HD (vox) | ASD (vox) |" in markdown
+    assert ("| Method | unlabeled | evaluated on | n | Dice % | Jaccard % | 95HD (vox) | ASD (vox) | ASSD (vox) |"
+            in markdown)
     assert "fold_2" in markdown and "missing" in markdown  # fold 2 was asked for and is absent
+    assert f"1 reference cases had no prediction and were not evaluated: {test_cases[-1]}" in markdown
+    assert "nnUNetTrainerMeanTeacher/summary_sss.json: " not in markdown
     assert f"{hd95:.2f} ± 0.00 (n=1)" in markdown  # defined in one of the two folds
     assert (out / f"results_{CONFIG}_{PLANS}.png").read_bytes()[:4] == b"\x89PNG"
     assert "nnUNetTrainerMeanTeacher" in done.stdout
 
 
-def test_results_table_errors(nnunet_dataset, tmp_path, monkeypatch):
+def test_results_table_errors(nnunet_dataset, tmp_path, monkeypatch, capsys):
     for name, value in nnunet_dataset.env(nnUNet_results=tmp_path).items():
         if name.startswith("nnUNet_"):
             monkeypatch.setenv(name, value)
     arguments = ["-d", str(nnunet_dataset.dataset_id), "-c", CONFIG, "-tr", "nnUNetTrainer"]
-    with pytest.raises(FileNotFoundError, match="no validation summary found, e.g. .*fold_0"):
-        results_main(arguments)
-    with pytest.raises(ValueError, match="--test needs one entry per trainer"):
-        results_main(arguments + ["--test", str(tmp_path / "a"), str(tmp_path / "b")])
-    with pytest.raises(FileNotFoundError, match="summary_sss.json does not exist"):
-        results_main(arguments + ["--test", str(tmp_path)])
+    old_summary = tmp_path / "old.json"  # written before ASSD existed: its "ASD" was the symmetric one
+    save_json({"definitions": {"ASD": "mean of the pooled surface distances"}}, str(old_summary))
+
+    def user_error(argv, *fragments):
+        with pytest.raises(SystemExit) as stop:
+            results_main(argv)
+        stderr = capsys.readouterr().err
+        assert stop.value.code == 2, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("ERROR: "), stderr
+        for fragment in fragments:
+            assert fragment in lines[0], (fragment, stderr)
+
+    user_error(arguments, "fold_0", "no validation summary")
+    user_error(arguments + ["--test", str(tmp_path / "a"), str(tmp_path / "b")], "--test", "one entry per trainer")
+    user_error(arguments + ["--test", str(tmp_path)], "--test", "summary_sss.json: does not exist")
+    user_error(arguments + ["--test", str(old_summary)], "old.json", "older nnUNetv2_sss_evaluate")
+    user_error(["-d", "987"] + arguments[2:], "-d 987", "no dataset with id 987")
+    monkeypatch.delenv("nnUNet_results")
+    user_error(arguments, "nnUNet_results: not set")

@@ -1,5 +1,5 @@
-"""``nnUNetv2_sss_evaluate``: Dice %, Jaccard %, HD95 and ASD (voxels and mm) of a folder of
-predictions against a folder of references, per case and per class, mean ± std over cases.
+"""``nnUNetv2_sss_evaluate``: Dice %, Jaccard %, HD95, ASD and ASSD (voxels and mm) of a folder
+of predictions against a folder of references, per case and per class, mean ± std over cases.
 
 Images are read with the reader/writer nnU-Net picks for the dataset (its ``dataset.json``),
 so the spacing comes from the image headers in the array's axis order. Metric definitions
@@ -11,12 +11,18 @@ over the cases where the metric is defined (see ``n``, the number of those cases
 mean ± std over cases; with no undefined values that equals nnU-Net's mean of class means.
 ``--merge-foreground`` adds the class "all labels > 0 as one" (key ``"(1, 2, ...)"``, the way
 nnU-Net names a region) and makes it the headline result (the BHSD Table 2 setting).
+
+Every reference needs a prediction of the same file name: missing ones are named and the
+command fails (exit 2) unless ``--allow-missing`` is given (then they are listed in the
+output json, ``references_without_prediction``). User errors (missing folders or files, a bad
+``-d``, predictions that do not fit their reference) print one ``ERROR: ...`` line, exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import multiprocessing
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -24,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, user_errors
 from nnunetv2_sss.evaluation.metrics import METRIC_NAMES, binary_metrics
 
 LabelOrRegion = Union[int, Tuple[int, ...]]
@@ -31,17 +38,38 @@ DEFAULT_OUTPUT_NAME = "summary_sss.json"
 FOREGROUND_MEAN = "foreground_mean"
 
 
+def dataset_name_of(dataset_name_or_id: str) -> str:
+    """``DatasetXXX_Name`` of a dataset name or id (an id is looked up the way nnU-Net does)."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
+    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
+
+    if dataset_name_or_id.startswith("Dataset"):
+        return dataset_name_or_id
+    try:
+        dataset_id = int(dataset_name_or_id)
+    except ValueError:
+        raise UserValueError(f"-d {dataset_name_or_id}: not a dataset id or name; give e.g. 27 or "
+                             "Dataset027_ACDC") from None
+    candidates = [str(c) for c in find_candidate_datasets(dataset_id)]
+    if len(candidates) != 1:
+        found = f"several datasets ({', '.join(candidates)})" if candidates else "no dataset"
+        raise UserValueError(f"-d {dataset_name_or_id}: {found} with id {dataset_id} in nnUNet_raw={nnUNet_raw!r}, "
+                             f"nnUNet_preprocessed={nnUNet_preprocessed!r}, nnUNet_results={nnUNet_results!r}; "
+                             "set these variables or give the dataset name")
+    return candidates[0]
+
+
 def dataset_json_of(dataset_name_or_id: str) -> dict:
     """The ``dataset.json`` of a dataset, looked up in nnUNet_raw, then nnUNet_preprocessed."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    name = dataset_name_of(str(dataset_name_or_id))
     for root in (nnUNet_raw, nnUNet_preprocessed):
         if root.is_set() and (Path(root.get()) / name / "dataset.json").is_file():
             return load_json(str(Path(root.get()) / name / "dataset.json"))
-    raise FileNotFoundError(f"no dataset.json for {name} in nnUNet_raw={nnUNet_raw!r} "
-                            f"or nnUNet_preprocessed={nnUNet_preprocessed!r}")
+    raise UserFileNotFoundError(f"-d {dataset_name_or_id}: no {name}/dataset.json in nnUNet_raw={nnUNet_raw!r} "
+                                f"or nnUNet_preprocessed={nnUNet_preprocessed!r}; set these variables or give "
+                                "another dataset")
 
 
 def label_key(label_or_region: LabelOrRegion) -> str:
@@ -55,8 +83,8 @@ def evaluation_targets(dataset_json: dict, merge_foreground: bool) -> List[Label
 
     manager = LabelManager(dataset_json["labels"], dataset_json.get("regions_class_order"))
     if manager.has_ignore_label:
-        raise ValueError(f"dataset.json declares an ignore label ({manager.ignore_label}); "
-                         "nnUNetv2_sss_evaluate does not define surface distances around ignored voxels")
+        raise UserValueError(f"dataset.json: declares an ignore label ({manager.ignore_label}); "
+                             "nnUNetv2_sss_evaluate does not define surface distances around ignored voxels")
     as_python = lambda t: tuple(int(v) for v in t) if isinstance(t, (tuple, list)) else int(t)  # noqa: E731
     targets = [as_python(t) for t in (manager.foreground_regions if manager.has_regions
                                       else manager.foreground_labels)]
@@ -84,15 +112,15 @@ def evaluate_case(reference_file: str, prediction_file: str, reader,
     reference, spacing = read_segmentation(reader, reference_file)
     prediction, prediction_spacing = read_segmentation(reader, prediction_file)
     if reference.shape != prediction.shape:
-        raise ValueError(f"{prediction_file}: shape {prediction.shape} differs from reference "
-                         f"{reference_file} {reference.shape}")
+        raise UserValueError(f"{prediction_file}: shape {prediction.shape} differs from reference "
+                             f"{reference_file} {reference.shape}")
     if not np.allclose(spacing, prediction_spacing, rtol=1e-3):
-        raise ValueError(f"{prediction_file}: spacing {tuple(prediction_spacing)} differs from reference "
-                         f"{reference_file} {tuple(spacing)}")
+        raise UserValueError(f"{prediction_file}: spacing {tuple(prediction_spacing)} differs from reference "
+                             f"{reference_file} {tuple(spacing)}")
     for path, array in ((reference_file, reference), (prediction_file, prediction)):
         unknown = sorted(set(np.unique(array).tolist()) - set(known_labels))
         if unknown:
-            raise ValueError(f"{path}: labels {unknown} are not in dataset.json (labels {list(known_labels)})")
+            raise UserValueError(f"{path}: labels {unknown} are not in dataset.json (labels {list(known_labels)})")
     metrics = {label_key(t): binary_metrics(target_mask(reference, t), target_mask(prediction, t), spacing)
                for t in targets}
     return {"reference_file": reference_file, "prediction_file": prediction_file,
@@ -127,34 +155,44 @@ def summarize_cases(per_case: List[dict], class_keys: Sequence[str], merged_key:
     return summary
 
 
-def matched_files(reference_folder: str, prediction_folder: str, file_ending: str) -> Tuple[List[str], List[str], int]:
-    """(reference files, prediction files, number of references without prediction); every
-    prediction must have a reference of the same name."""
-    for folder in (reference_folder, prediction_folder):
+def matched_files(reference_folder: str, prediction_folder: str, file_ending: str
+                  ) -> Tuple[List[str], List[str], List[str]]:
+    """(reference files, prediction files, sorted file names of the references without a
+    prediction); every prediction must have a reference of the same name."""
+    for option, folder in (("-ref", reference_folder), ("-pred", prediction_folder)):
         if not os.path.isdir(folder):
-            raise FileNotFoundError(f"folder {folder} does not exist")
+            raise UserFileNotFoundError(f"{option} {folder}: folder does not exist")
     predictions = sorted(f for f in os.listdir(prediction_folder) if f.endswith(file_ending))
     if not predictions:
-        raise FileNotFoundError(f"no '*{file_ending}' files in prediction folder {prediction_folder}")
+        raise UserFileNotFoundError(f"-pred {prediction_folder}: no '*{file_ending}' files (the file ending of "
+                                    "dataset.json); predict into this folder first")
     references = {f for f in os.listdir(reference_folder) if f.endswith(file_ending)}
     orphans = [f for f in predictions if f not in references]
     if orphans:
-        raise FileNotFoundError(f"{len(orphans)} predictions have no reference in {reference_folder}: "
-                                f"{orphans[:5]}{' ...' if len(orphans) > 5 else ''}")
+        raise UserFileNotFoundError(f"-ref {reference_folder}: no reference for {len(orphans)} predictions: "
+                                    f"{', '.join(orphans)}; remove them from {prediction_folder} or give the "
+                                    "right reference folder")
     return ([os.path.join(reference_folder, f) for f in predictions],
             [os.path.join(prediction_folder, f) for f in predictions],
-            len(references) - len(predictions))
+            sorted(references - set(predictions)))
 
 
 def evaluate_folders(reference_folder: str, prediction_folder: str, dataset_json: dict,
-                     merge_foreground: bool = False, num_processes: int = 1) -> dict:
+                     merge_foreground: bool = False, num_processes: int = 1, allow_missing: bool = False) -> dict:
     """Evaluate every prediction of ``prediction_folder``; returns the summary dictionary
-    (``metric_per_case``, ``mean``, ``std``, ``n``, ``foreground_mean``, ``headline``, ...)."""
+    (``metric_per_case``, ``mean``, ``std``, ``n``, ``foreground_mean``, ``headline``, ...).
+    References without a prediction raise :class:`UserFileNotFoundError` naming them, unless
+    ``allow_missing`` (then they are listed in ``references_without_prediction``)."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
 
     targets = evaluation_targets(dataset_json, merge_foreground)
     references, predictions, unpredicted = matched_files(reference_folder, prediction_folder,
                                                          dataset_json["file_ending"])
+    if unpredicted and not allow_missing:
+        raise UserFileNotFoundError(
+            f"-pred {prediction_folder}: no prediction for {len(unpredicted)} of "
+            f"{len(unpredicted) + len(references)} reference cases of {reference_folder}: {', '.join(unpredicted)}; "
+            "predict them, or pass --allow-missing to evaluate only the predicted cases")
     reader = determine_reader_writer_from_dataset_json(dataset_json, references[0], verbose=False)()
     known_labels = sorted({int(v) for v in _flat_label_values(dataset_json["labels"])})
     jobs = [(r, p, reader, targets, known_labels) for r, p in zip(references, predictions)]
@@ -171,7 +209,8 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, dataset_json
             "label_names": _label_names(dataset_json, class_keys, merged_key),
             "reference_folder": os.path.abspath(reference_folder),
             "prediction_folder": os.path.abspath(prediction_folder),
-            "num_references_without_prediction": unpredicted,
+            "num_references_without_prediction": len(unpredicted),
+            "references_without_prediction": unpredicted,
             "definitions": DEFINITIONS}
 
 
@@ -199,12 +238,24 @@ DEFINITIONS = {
     "Jaccard_pct": "100 * |A∩B| / |A∪B|; NaN when both are empty",
     "HD95": "95th percentile (numpy linear interpolation) of the pooled surface distances of both "
             "directions (MedPy hd95); NaN when either mask is empty",
-    "ASD": "mean of the pooled surface distances of both directions (average symmetric surface "
-           "distance); NaN when either mask is empty",
+    "ASD": "mean distance from the prediction's surface voxels to the reference surface, one direction "
+           "(MedPy asd(pred, gt), as SSL4MIS and the papers); NaN when either mask is empty",
+    "ASSD": "mean of the pooled surface distances of both directions (average symmetric surface distance, "
+            "MedPy >= 0.5 assd); NaN when either mask is empty",
     "surface": "voxels with a face neighbour outside the mask; image border counts as outside",
     "units": "_vox: spacing 1 per axis; _mm: spacing of the reference image header",
     "summary": "mean/std (ddof 0) over cases where the metric is defined; n = number of those cases",
 }
+
+
+def load_summary(path: str) -> dict:
+    """An ``nnUNetv2_sss_evaluate`` output json; refuses one written before ASD became MedPy's
+    directed ``asd`` (its "ASD" is the symmetric mean and it has no ASSD)."""
+    result = load_json(path)
+    if "ASSD" not in result.get("definitions", {}):
+        raise UserValueError(f"{path}: written by an older nnUNetv2_sss_evaluate whose ASD was the symmetric mean "
+                             "(no ASSD); run nnUNetv2_sss_evaluate again to rewrite it")
+    return result
 
 
 def stats_of(result: dict, key: str) -> Dict[str, Dict[str, float]]:
@@ -230,6 +281,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@user_errors
 def main(argv: Optional[List[str]] = None) -> None:
     from nnunetv2.configuration import default_num_processes
 
@@ -239,18 +291,26 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("-d", required=True, help="dataset name or id (its dataset.json gives labels and reader)")
     parser.add_argument("--merge-foreground", action="store_true",
                         help="also evaluate all labels > 0 as one class and report it as the headline")
+    parser.add_argument("--allow-missing", action="store_true",
+                        help="evaluate only the predicted cases when some references have no prediction "
+                             "(they are named in the output json); default: fail")
     parser.add_argument("-o", default=None, help=f"output json (default: PRED/{DEFAULT_OUTPUT_NAME})")
     parser.add_argument("-np", type=int, default=default_num_processes, help="worker processes")
     args = parser.parse_args(argv)
     if args.np < 1:
-        parser.error(f"-np must be >= 1, got {args.np}")
+        raise UserValueError(f"-np {args.np}: must be >= 1")
     output = args.o or os.path.join(args.pred, DEFAULT_OUTPUT_NAME)
     if not output.endswith(".json"):
-        parser.error(f"-o must end with .json, got {output}")
-    result = evaluate_folders(args.ref, args.pred, dataset_json_of(args.d), args.merge_foreground, args.np)
+        raise UserValueError(f"-o {output}: must end with .json")
+    if args.o and not os.path.isdir(os.path.dirname(os.path.abspath(args.o))):
+        raise UserFileNotFoundError(f"-o {args.o}: its folder does not exist; create it first")
+    result = evaluate_folders(args.ref, args.pred, dataset_json_of(args.d), args.merge_foreground, args.np,
+                              args.allow_missing)
     save_json(result, output, sort_keys=False)
     print(format_table(result))
-    if result["num_references_without_prediction"]:
-        print(f"note: {result['num_references_without_prediction']} reference cases have no prediction "
-              "and were not evaluated")
+    missing = result["references_without_prediction"]
+    if missing:
+        print(f"WARNING: not evaluated (--allow-missing): {len(missing)} reference cases of {args.ref} have no "
+              f"prediction: {', '.join(missing)} (listed in {output} as references_without_prediction)",
+              file=sys.stderr)
     print(f"written {output}")

@@ -1,7 +1,8 @@
 """Overlap and surface-distance metrics of one binary reference / prediction pair.
 
-Definitions (the same as MedPy's ``dc``, ``jc``, ``hd95`` and the symmetric ASD of
-Heimann et al. 2009, which the papers' tables were computed with):
+Definitions (the same numbers as MedPy >= 0.5 ``medpy.metric.binary`` ``dc``, ``jc``,
+``hd95``, ``asd(prediction, reference)`` and ``assd``; the papers follow SSL4MIS, whose test
+script reports ``dc``, ``jc``, ``hd95`` and ``asd(pred, gt)``):
 
 * Dice % = 100 * 2|A∩B| / (|A| + |B|),  Jaccard % = 100 * |A∩B| / |A∪B|
   (A = reference voxels, B = predicted voxels).
@@ -12,17 +13,21 @@ Heimann et al. 2009, which the papers' tables were computed with):
 * D = the pooled multiset {d(a, ∂B) : a ∈ ∂A} ∪ {d(b, ∂A) : b ∈ ∂B} (|∂A| + |∂B| values).
 * HD95 = 95th percentile of D (``numpy.percentile``, linear interpolation) — MedPy's
   ``hd95``. (MONAI instead takes the larger of the two directed 95th percentiles.)
-* ASD = mean of D = (Σ_a d(a, ∂B) + Σ_b d(b, ∂A)) / (|∂A| + |∂B|) — the average
-  symmetric surface distance.
+* ASD = mean of {d(b, ∂A) : b ∈ ∂B}: the average distance from the PREDICTION's surface to
+  the reference's, one direction — MedPy's ``asd(pred, gt)``, as SSL4MIS and the papers.
+* ASSD = mean of D = (Σ_a d(a, ∂B) + Σ_b d(b, ∂A)) / (|∂A| + |∂B|): the average symmetric
+  surface distance — MedPy >= 0.5 ``assd``. (MedPy <= 0.4 ``assd`` averaged the two directed
+  means instead, which differs when |∂A| ≠ |∂B|.)
 * Units: "vox" uses spacing 1 on every axis (the papers' unit), "mm" the image spacing.
 * Axes of length 1 are dropped before the surface is taken, so a single-slice image is
-  measured as the 2-D image it is (otherwise every voxel would lie on the border).
+  measured as the 2-D image it is (otherwise every voxel would lie on the border; MedPy
+  does not drop them).
 
 Empty masks (decided here, reported by the evaluation as counts):
 
-* both empty: Dice, Jaccard, HD95 and ASD are NaN (nnU-Net also writes NaN Dice);
+* both empty: Dice, Jaccard, HD95, ASD and ASSD are NaN (nnU-Net also writes NaN Dice);
   the case is left out of that class's mean.
-* exactly one empty: Dice = Jaccard = 0; HD95 and ASD are NaN (no surface to measure
+* exactly one empty: Dice = Jaccard = 0; HD95, ASD and ASSD are NaN (no surface to measure
   to), so they are left out of the mean — the Dice of 0 still counts.
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ from scipy import ndimage
 
 VOXEL = "vox"
 MILLIMETRE = "mm"
-METRIC_NAMES = ("Dice_pct", "Jaccard_pct", "HD95_vox", "HD95_mm", "ASD_vox", "ASD_mm")
+METRIC_NAMES = ("Dice_pct", "Jaccard_pct", "HD95_vox", "HD95_mm", "ASD_vox", "ASD_mm", "ASSD_vox", "ASSD_mm")
 
 
 def overlap_scores(reference: np.ndarray, prediction: np.ndarray) -> Dict[str, float]:
@@ -75,29 +80,32 @@ def _crop_to_union(reference: np.ndarray, prediction: np.ndarray) -> Tuple[np.nd
 
 
 def surface_distances(reference: np.ndarray, prediction: np.ndarray,
-                      spacing: Sequence[float]) -> np.ndarray:
-    """The pooled symmetric surface distances D (see module docstring) of two non-empty
-    boolean arrays of the same shape, in the units of ``spacing``."""
+                      spacing: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """(d(a, ∂B) for a ∈ ∂A, d(b, ∂A) for b ∈ ∂B): the directed surface distances reference ->
+    prediction and prediction -> reference (see module docstring) of two non-empty boolean
+    arrays of the same shape, in the units of ``spacing``."""
     reference, prediction = _crop_to_union(reference, prediction)
     kept_axes = [axis for axis, size in enumerate(reference.shape) if size > 1] or [reference.ndim - 1]
     reference = reference.reshape([reference.shape[a] for a in kept_axes])
     prediction = prediction.reshape([prediction.shape[a] for a in kept_axes])
     spacing = [float(spacing[a]) for a in kept_axes]
     surface_ref, surface_pred = surface(reference), surface(prediction)
-    return np.concatenate([directed_surface_distances(surface_ref, surface_pred, spacing),
-                           directed_surface_distances(surface_pred, surface_ref, spacing)])
+    return (directed_surface_distances(surface_ref, surface_pred, spacing),
+            directed_surface_distances(surface_pred, surface_ref, spacing))
 
 
 def distance_scores(reference: np.ndarray, prediction: np.ndarray,
                     spacing: Sequence[float]) -> Dict[str, float]:
-    """HD95 and ASD in voxels and in the units of ``spacing`` (mm); NaN when a mask is empty."""
+    """HD95, ASD and ASSD in voxels and in the units of ``spacing`` (mm); NaN when a mask is empty."""
     if not reference.any() or not prediction.any():
         return {name: float("nan") for name in METRIC_NAMES[2:]}
     scores = {}
     for unit, unit_spacing in ((VOXEL, [1.0] * reference.ndim), (MILLIMETRE, spacing)):
-        distances = surface_distances(reference, prediction, unit_spacing)
-        scores[f"HD95_{unit}"] = float(np.percentile(distances, 95))
-        scores[f"ASD_{unit}"] = float(distances.mean())
+        reference_to_prediction, prediction_to_reference = surface_distances(reference, prediction, unit_spacing)
+        pooled = np.concatenate([reference_to_prediction, prediction_to_reference])
+        scores[f"HD95_{unit}"] = float(np.percentile(pooled, 95))
+        scores[f"ASD_{unit}"] = float(prediction_to_reference.mean())
+        scores[f"ASSD_{unit}"] = float(pooled.mean())
     return {name: scores[name] for name in METRIC_NAMES[2:]}
 
 

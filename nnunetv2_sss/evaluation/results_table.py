@@ -4,7 +4,7 @@ trainers on one dataset/configuration, in the layout of the SSS paper's Tables 1
 Rows:
 
 * validation (one per trainer): each fold's ``fold_K/validation/summary_sss.json``
-  (``nnUNetv2_sss_evaluate`` output: its headline, with 95HD/ASD) if present, otherwise
+  (``nnUNetv2_sss_evaluate`` output: its headline, with 95HD/ASD/ASSD) if present, otherwise
   nnU-Net's ``summary.json`` (``foreground_mean`` Dice and IoU x 100; no distances).
   Value = mean ± std (ddof 0) over the folds found; missing folds are listed.
 * test (one per ``--test`` entry, in ``-tr`` order): a ``nnUNetv2_sss_evaluate`` json, or a
@@ -14,6 +14,9 @@ Rows:
 ``nnUNetTrainerSemiSupervised``) draws unlabeled patches from in that fold: preprocessed
 ``imagesUnlabeled`` cases of the configuration + cases the fold's
 ``splits_semi_supervised.json`` hides; 0 for every other trainer; ``--unlabeled`` overrides.
+
+ASD is MedPy's directed ``asd(pred, gt)`` (the papers' number), ASSD the symmetric one.
+User errors (bad ``-d``, ``--test`` entries, no summaries) print one ``ERROR: ...`` line, exit 2.
 """
 from __future__ import annotations
 
@@ -26,10 +29,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunetv2_sss.evaluation.evaluate import DEFAULT_OUTPUT_NAME, stats_of
+from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserValueError, user_errors
+from nnunetv2_sss.evaluation.evaluate import DEFAULT_OUTPUT_NAME, dataset_name_of, load_summary, stats_of
 
 TABLE_METRICS = (("Dice_pct", "Dice %"), ("Jaccard_pct", "Jaccard %"), ("HD95_vox", "95HD (vox)"),
-                 ("ASD_vox", "ASD (vox)"))
+                 ("ASD_vox", "ASD (vox)"), ("ASSD_vox", "ASSD (vox)"))
 
 
 @dataclass
@@ -49,12 +53,12 @@ def fold_scores(validation_folder: str) -> Optional[Dict[str, float]]:
     """Headline metrics of one fold's validation, or None if neither summary file exists."""
     ours, nnunet = os.path.join(validation_folder, DEFAULT_OUTPUT_NAME), os.path.join(validation_folder, "summary.json")
     if os.path.isfile(ours):
-        result = load_json(ours)
+        result = load_summary(ours)
         return {name: stats["mean"] for name, stats in stats_of(result, result["headline"]).items()}
     if os.path.isfile(nnunet):
         foreground = load_json(nnunet)["foreground_mean"]
         return {"Dice_pct": 100 * foreground["Dice"], "Jaccard_pct": 100 * foreground["IoU"],
-                "HD95_vox": float("nan"), "ASD_vox": float("nan")}
+                "HD95_vox": float("nan"), "ASD_vox": float("nan"), "ASSD_vox": float("nan")}
     return None
 
 
@@ -80,16 +84,20 @@ def validation_row(trainer_folder: str, trainer: str, folds: Sequence[str], unla
     return Row(trainer, "validation", unlabeled, len(scores), stats), missing
 
 
-def test_row(path: str, trainer: str, unlabeled: str) -> Row:
-    """Row of one ``nnUNetv2_sss_evaluate`` result (file, or folder holding it)."""
+def test_row(path: str, trainer: str, unlabeled: str) -> Tuple[Row, List[str]]:
+    """(row of one ``nnUNetv2_sss_evaluate`` result (file, or folder holding it), a note naming the
+    reference cases it did not evaluate (``--allow-missing``), if any)."""
     file = os.path.join(path, DEFAULT_OUTPUT_NAME) if os.path.isdir(path) else path
     if not os.path.isfile(file):
-        raise FileNotFoundError(f"{file} does not exist: run nnUNetv2_sss_evaluate on the test predictions "
-                                f"of {trainer}")
-    result = load_json(file)
+        raise UserFileNotFoundError(f"--test {file}: does not exist; run nnUNetv2_sss_evaluate on the test "
+                                    f"predictions of {trainer}")
+    result = load_summary(file)
     headline = stats_of(result, result["headline"])
     stats = {name: tuple(headline[name][s] for s in ("mean", "std", "n")) for name, _ in TABLE_METRICS}
-    return Row(trainer, "test", unlabeled, len(result["metric_per_case"]), stats)
+    unpredicted = result.get("references_without_prediction", [])
+    notes = [f"{file}: {len(unpredicted)} reference cases had no prediction and were not evaluated: "
+             + ", ".join(unpredicted)] if unpredicted else []
+    return Row(trainer, "test", unlabeled, len(result["metric_per_case"]), stats), notes
 
 
 def uses_unlabeled_data(trainer: str) -> bool:
@@ -175,11 +183,12 @@ def bar_chart(rows: Sequence[Row], trainers: Sequence[str], title: str, path: st
 
 def collect_rows(dataset_name: str, configuration: str, trainers: Sequence[str], plans: str, folds: Sequence[str],
                  tests: Sequence[str], unlabeled_override: Optional[int]) -> Tuple[List[Row], List[str]]:
-    """(rows, validation folders without a summary)."""
+    """(rows, validation folders without a summary and test results that left cases out)."""
     from nnunetv2.utilities.file_path_utilities import get_output_folder
 
     if tests and len(tests) != len(trainers):
-        raise ValueError(f"--test needs one entry per trainer (-tr has {len(trainers)}, --test has {len(tests)})")
+        raise UserValueError(f"--test: needs one entry per trainer, in -tr order (-tr has {len(trainers)}, "
+                             f"--test has {len(tests)})")
     rows, missing = [], []
     for index, trainer in enumerate(trainers):
         if not uses_unlabeled_data(trainer):
@@ -193,12 +202,17 @@ def collect_rows(dataset_name: str, configuration: str, trainers: Sequence[str],
         rows.append(row)
         missing += not_found
         if tests:
-            rows.append(test_row(tests[index], trainer, unlabeled))
+            row, not_evaluated = test_row(tests[index], trainer, unlabeled)
+            rows.append(row)
+            missing += not_evaluated
     if not tests and all(r.total == 0 for r in rows):
-        raise FileNotFoundError("no validation summary found, e.g. " + (missing[0] if missing else "?"))
+        raise UserFileNotFoundError(f"{missing[0] if missing else '-f'}: no validation summary (summary.json or "
+                                    f"{DEFAULT_OUTPUT_NAME}) in any fold asked for; train and validate first, "
+                                    "or pass --test")
     return rows, missing
 
 
+@user_errors
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_sss_results", description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or id")
@@ -214,18 +228,21 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     from nnunetv2.paths import nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    dataset_name = maybe_convert_to_dataset_name(args.d)
+    if not nnUNet_results.is_set():
+        raise UserRuntimeError("nnUNet_results: not set; point it to the folder nnUNetv2_train wrote to")
+    dataset_name = dataset_name_of(args.d)
     rows, missing = collect_rows(dataset_name, args.c, args.tr, args.p, args.f, args.test, args.unlabeled)
     output = args.o or os.path.join(str(nnUNet_results), dataset_name, "sss_results")
     os.makedirs(output, exist_ok=True)
     stem = os.path.join(output, f"results_{args.c}_{args.p}")
     title = f"{dataset_name}, {args.c}, {args.p}"
     notes = ["validation: mean ± std (ddof 0) over folds " + " ".join(args.f) +
-             "; from summary_sss.json where present, else nnU-Net's summary.json (no 95HD/ASD)",
+             "; from summary_sss.json where present, else nnU-Net's summary.json (no 95HD/ASD/ASSD)",
              "test: mean ± std over cases of the nnUNetv2_sss_evaluate headline (merged foreground if evaluated "
-             "with --merge-foreground, else mean over classes)"]
+             "with --merge-foreground, else mean over classes)",
+             "ASD: mean distance from the prediction's surface to the reference's (MedPy asd(pred, gt), as the "
+             "papers); ASSD: the symmetric mean over both directions (MedPy assd)"]
     notes += [f"missing: {m}" for m in missing]
     markdown = to_markdown(rows, title, notes)
     with open(stem + ".md", "w") as handle:
