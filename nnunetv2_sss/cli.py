@@ -5,6 +5,8 @@ import argparse
 import os
 import sys
 
+from nnunetv2_sss.errors import UserFileNotFoundError, dataset_name, fail, nnunet_path, user_errors
+
 
 def trainers_path_entry() -> None:
     """Print the folder to put into ``nnUNet_extTrainer``."""
@@ -13,10 +15,10 @@ def trainers_path_entry() -> None:
 
 
 def _fail(message: str) -> None:
-    print(f"ERROR: {message}", file=sys.stderr)
-    sys.exit(2)
+    fail(message)
 
 
+@user_errors
 def preprocess_unlabeled_entry() -> None:
     parser = argparse.ArgumentParser(
         description="Preprocess nnUNet_raw/DatasetXXX/imagesUnlabeled with the dataset's plans into "
@@ -38,6 +40,7 @@ def preprocess_unlabeled_entry() -> None:
         _fail(str(error))
 
 
+@user_errors
 def make_splits_entry() -> None:
     parser = argparse.ArgumentParser(
         description="Five-fold splits with only some training cases labeled: writes splits_final.json "
@@ -55,23 +58,24 @@ def make_splits_entry() -> None:
 
     from batchgenerators.utilities.file_and_folder_operations import join, load_json
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
     from nnunetv2_sss.data.splits import group_by_regex, make_semi_supervised_splits
 
-    dataset_name = maybe_convert_to_dataset_name(args.d)
-    raw_folder = join(nnUNet_raw, dataset_name)
+    raw, preprocessed = nnunet_path(nnUNet_raw), nnunet_path(nnUNet_preprocessed)
+    name = dataset_name(args.d)
+    raw_folder = join(raw, name)
+    if not os.path.isfile(join(raw_folder, "dataset.json")):
+        raise UserFileNotFoundError(f"{join(raw_folder, 'dataset.json')} not found: make_splits reads the training "
+                                    f"cases of the raw dataset")
     identifiers = list(get_filenames_of_train_images_and_targets(raw_folder, load_json(join(raw_folder, "dataset.json"))))
-    try:
-        splits = make_semi_supervised_splits(join(nnUNet_preprocessed, dataset_name), identifiers, args.num_labeled,
-                                             args.labeled_fraction, args.seed, args.folds,
-                                             group_by_regex(args.group_regex), args.force)
-    except (ValueError, FileExistsError) as error:
-        _fail(str(error))
+    splits = make_semi_supervised_splits(join(preprocessed, name), identifiers, args.num_labeled,
+                                         args.labeled_fraction, args.seed, args.folds,
+                                         group_by_regex(args.group_regex), args.force)
     for fold, split in enumerate(splits):
         print(f"fold {fold}: {len(split['labeled'])} labeled, {len(split['unlabeled'])} unlabeled")
 
 
+@user_errors
 def make_demo_dataset_entry() -> None:
     parser = argparse.ArgumentParser(
         description="Build the built-in demo dataset (pseudo-subjects deformed from the MNI152 template "
@@ -89,6 +93,7 @@ def make_demo_dataset_entry() -> None:
     print(folder)
 
 
+@user_errors
 def demo_entry() -> None:
     parser = argparse.ArgumentParser(
         description="End-to-end demo on CPU: build the demo dataset, plan and preprocess, preprocess unlabeled "

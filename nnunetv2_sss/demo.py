@@ -11,6 +11,8 @@ import subprocess
 import sys
 import time
 
+from nnunetv2_sss.errors import UserRuntimeError
+
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "Dataset990_DemoBrain"
 
@@ -18,7 +20,11 @@ DEMO_DATASET_NAME = "Dataset990_DemoBrain"
 def _run(command, env) -> None:
     print("\n$ " + " ".join(str(c) for c in command), flush=True)
     binary = os.path.join(os.path.dirname(sys.executable), command[0])
-    subprocess.run([binary] + [str(c) for c in command[1:]], env=env, check=True)
+    completed = subprocess.run([binary] + [str(c) for c in command[1:]], env=env)
+    if completed.returncode != 0:
+        # the command printed its own message (ERROR: ... or a traceback) above
+        raise UserRuntimeError(f"demo stopped: {command[0]} failed with exit code {completed.returncode} "
+                               f"(its message is above)")
 
 
 def run_demo(workdir: str, trainer: str, configuration: str, epochs: int, iterations: int, device: str) -> dict:

@@ -66,6 +66,33 @@ def user_errors(entry: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def nnunet_path(variable) -> str:
+    """The value of one of nnU-Net's path variables (an ``nnunetv2.paths`` object such as
+    ``nnUNet_raw``); :class:`UserError` naming it when it is unset."""
+    value = variable.get()
+    if value is None:
+        raise UserRuntimeError(f"{variable.env_var_name} is not defined: set it to the folder nnU-Net uses for "
+                               f"it (nnU-Net's documentation/setting_up_paths.md)")
+    return value
+
+
+def dataset_name(dataset: str) -> str:
+    """nnU-Net's ``DatasetXXX_Name`` for a name or id given on a command line; :class:`UserError`
+    when nnU-Net cannot find it."""
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    try:
+        return maybe_convert_to_dataset_name(dataset)
+    except (RuntimeError, ValueError) as error:
+        if isinstance(error, ValueError):
+            problem = "give a dataset id (e.g. 27) or a name DatasetXXX_Name"
+        elif "More than one" in str(error):
+            problem = "more than one dataset folder has this id: rename one"
+        else:
+            problem = ("no DatasetXXX_* folder with this id in nnUNet_raw, nnUNet_preprocessed or nnUNet_results: "
+                       "check the id and these variables")
+        raise UserValueError(f"dataset {dataset!r}: {problem}") from None
+
+
 def trainer_exit(error: UserError) -> SystemExit:
     """``SystemExit`` that prints ``ERROR: ...`` without traceback (exit 1): ``raise trainer_exit(e) from None``."""
     return SystemExit(f"ERROR: {one_line(error)}")

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserValueError
+
 NUM_EPOCHS = "nnUNet_sss_num_epochs"
 ITERATIONS_PER_EPOCH = "nnUNet_sss_iterations_per_epoch"
 VAL_ITERATIONS_PER_EPOCH = "nnUNet_sss_val_iterations_per_epoch"
@@ -36,9 +38,11 @@ def _positive_int(name: str) -> Optional[int]:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+        raise UserValueError(f"environment variable {name}={raw!r} is not an integer: set it to a whole "
+                             f"number >= 1 or unset it") from None
     if value < 1:
-        raise ValueError(f"environment variable {name}={raw!r} must be >= 1")
+        raise UserValueError(f"environment variable {name}={raw!r} must be >= 1: set it to a whole number "
+                             f">= 1 or unset it")
     return value
 
 
@@ -71,12 +75,13 @@ def require_sam2_checkpoint() -> str:
     """
     value = sam2_checkpoint()
     if value is None:
-        raise RuntimeError(
+        raise UserRuntimeError(
             f"{SAM2_CHECKPOINT} is not set. Set it to the path of a SAM-2 / SAM-2.1 / MedSAM-2 checkpoint "
             f"(.pt, a dict with a 'model' state dict) that matches {SAM2_CONFIG}={sam2_config()!r}, "
             f"or to '{RANDOM_WEIGHTS}' to start the SAM-2 encoder from random weights.")
     if value != RANDOM_WEIGHTS and not os.path.isfile(os.path.expanduser(value)):
-        raise FileNotFoundError(f"{SAM2_CHECKPOINT}={value!r}: file not found")
+        raise UserFileNotFoundError(f"{SAM2_CHECKPOINT}={value!r}: file not found; set it to the path of a "
+                                    f"SAM-2 checkpoint (.pt) or to '{RANDOM_WEIGHTS}'")
     return value if value == RANDOM_WEIGHTS else os.path.expanduser(value)
 
 

@@ -32,6 +32,8 @@ from nnunetv2_sss.cps4.stage1_data import check_cases_exist, fixed_slices, fold_
 from nnunetv2_sss.cps4.stage1_io import save_stage1, stage1_output_folder
 from nnunetv2_sss.cps4.text_encoder import encode_prompts, text_encoder_folder
 from nnunetv2_sss.cps4.vision import ViTConfig, load_vision_weights
+from nnunetv2_sss.errors import (UserFileNotFoundError, UserRuntimeError, UserValueError, dataset_name as
+                                 user_dataset_name, nnunet_path, user_errors)
 
 LOG_FILE = "training_log.csv"
 ATTENTION_FOLDER = "attention_maps"
@@ -79,25 +81,27 @@ def prepare_stage1(dataset: str, configuration: str, fold: int, plans: str, opti
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    dataset_name = str(maybe_convert_to_dataset_name(dataset))  # nnU-Net returns a numpy string
-    base = Path(str(nnUNet_preprocessed)) / dataset_name        # str(): nnU-Net's error when unset
+    preprocessed = nnunet_path(nnUNet_preprocessed)
+    dataset_name = str(user_dataset_name(dataset))  # nnU-Net returns a numpy string
+    base = Path(preprocessed) / dataset_name
     plans_file = base / f"{plans}.json"
     if not plans_file.is_file():
-        raise FileNotFoundError(f"plans file {plans_file} does not exist (run nnUNetv2_plan_and_preprocess)")
+        raise UserFileNotFoundError(f"plans file {plans_file} does not exist (run nnUNetv2_plan_and_preprocess "
+                                    f"-d {dataset} -c {configuration})")
     plans_manager = PlansManager(str(plans_file))
     if configuration not in plans_manager.available_configurations:
-        raise ValueError(f"configuration {configuration!r} not in {plans_file} "
-                         f"(available: {plans_manager.available_configurations})")
+        raise UserValueError(f"configuration {configuration!r} not in {plans_file} "
+                             f"(available: {plans_manager.available_configurations})")
     cm = plans_manager.get_configuration(configuration)
     patch_size = tuple(int(p) for p in cm.patch_size)
     if len(patch_size) != 2:
-        raise ValueError(f"CPS4 is 2-D: configuration {configuration!r} has a {len(patch_size)}-D patch size")
+        raise UserValueError(f"CPS4 is 2-D: configuration {configuration!r} has a {len(patch_size)}-D patch size "
+                             f"(use -c 2d)")
     if any(p % options.vit_patch_size for p in patch_size):
-        raise ValueError(f"patch size {patch_size} of configuration {configuration!r} is not a multiple of the "
-                         f"ViT patch size {options.vit_patch_size} (choose another --vit-patch-size)")
+        raise UserValueError(f"patch size {patch_size} of configuration {configuration!r} is not a multiple of "
+                             f"the ViT patch size {options.vit_patch_size} (choose another --vit-patch-size)")
     dataset_json_file = base / "dataset.json"
     dataset_json = load_json(str(dataset_json_file))
     label_names = class_label_names(dataset_json["labels"], source=str(dataset_json_file))
@@ -105,8 +109,8 @@ def prepare_stage1(dataset: str, configuration: str, fold: int, plans: str, opti
     prompts = class_prompts(readable_class_names(label_names, readable), options.template)
     data_folder = base / cm.data_identifier
     if not data_folder.is_dir():
-        raise FileNotFoundError(f"preprocessed data {data_folder} does not exist (run nnUNetv2_plan_and_preprocess "
-                                f"-c {configuration})")
+        raise UserFileNotFoundError(f"preprocessed data {data_folder} does not exist (run "
+                                    f"nnUNetv2_plan_and_preprocess -d {dataset} -c {configuration})")
     train_cases, val_cases = fold_cases(base, data_folder, fold)
     check_cases_exist(data_folder, train_cases + val_cases, infer_dataset_class(str(data_folder)))
     channels = dataset_json.get("channel_names", dataset_json.get("modality"))
@@ -164,7 +168,7 @@ def run_stage1(dataset: str, configuration: str, fold: int, plans: str = "nnUNet
     """Run stage 1 and return its output folder."""
     options = options or Stage1Options()
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but CUDA is not available (use --device cpu)")
+        raise UserRuntimeError("--device cuda requested but CUDA is not available (use --device cpu)")
     num_epochs = settings.num_epochs() or options.num_epochs
     iterations = settings.iterations_per_epoch() or options.iterations_per_epoch
     setup = prepare_stage1(dataset, configuration, fold, plans, options)
@@ -215,6 +219,7 @@ def run_stage1(dataset: str, configuration: str, fold: int, plans: str = "nnUNet
     return out
 
 
+@user_errors
 def main(argv=None) -> None:
     defaults = Stage1Options()
     parser = argparse.ArgumentParser(description="CPS4 stage 1: class-prompt vision–language pretraining on the "

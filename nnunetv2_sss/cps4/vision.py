@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError
+
 
 @dataclass
 class ViTConfig:
@@ -60,7 +62,7 @@ def load_vision_weights(model: PatchViT, path: Union[str, Path]) -> None:
     """Load a local state dict (a plain one, or under ``state_dict``/``model``) into ``model``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"vision encoder weights {path} do not exist")
+        raise UserFileNotFoundError(f"vision encoder weights {path} do not exist")
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -68,7 +70,7 @@ def load_vision_weights(model: PatchViT, path: Union[str, Path]) -> None:
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
-        raise ValueError(f"vision encoder weights {path} do not fit the ViT {model.cfg}: {e}") from None
+        raise UserValueError(f"vision encoder weights {path} do not fit the ViT {model.cfg}: {e}") from None
     if result.missing_keys or result.unexpected_keys:
-        raise ValueError(f"vision encoder weights {path} do not fit the ViT {model.cfg}: "
-                         f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise UserValueError(f"vision encoder weights {path} do not fit the ViT {model.cfg}: "
+                             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")

@@ -29,6 +29,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from batchgenerators.utilities.file_and_folder_operations import save_json
 
+from nnunetv2_sss.errors import UserFileExistsError, UserFileNotFoundError, UserValueError, nnunet_path, user_errors
+
 from nnunetv2_sss.data.conversion import (copy_image, copy_label, new_raw_dataset_folder, removed_on_error,
                                           require_files)
 from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE, group_by_regex
@@ -57,19 +59,19 @@ def release_training_folder(acdc_folder: Path) -> Path:
     for candidate in (acdc_folder / "training", acdc_folder / "database" / "training"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"{acdc_folder}: neither training/ nor database/training/ exists "
-                            "(expected the extracted ACDC release)")
+    raise UserFileNotFoundError(f"{acdc_folder}: neither training/ nor database/training/ exists "
+                                "(expected the extracted ACDC release)")
 
 
 def patient_frames(training_folder: Path, patient: str) -> List[Tuple[str, Path, Path]]:
     """[(case id, image, label)] of a patient's two annotated frames (ED and ES)."""
     folder = training_folder / patient
     if not folder.is_dir():
-        raise FileNotFoundError(f"patient folder {folder} is missing")
+        raise UserFileNotFoundError(f"patient folder {folder} is missing")
     images = sorted(p for p in folder.glob(f"{patient}_frame[0-9][0-9]{FILE_ENDING}"))
     if len(images) != 2:
-        raise ValueError(f"{folder}: expected 2 annotated frames {patient}_frameXX{FILE_ENDING}, "
-                         f"found {[p.name for p in images]}")
+        raise UserValueError(f"{folder}: expected 2 annotated frames {patient}_frameXX{FILE_ENDING}, "
+                             f"found {[p.name for p in images]}")
     frames = []
     for image in images:
         case = image.name[: -len(FILE_ENDING)]
@@ -106,10 +108,11 @@ def convert_acdc(acdc_folder: str, dataset_id: int, dataset_name: str = "ACDC",
     files are checked before anything is written; a failure while writing removes the folder."""
     from nnunetv2.paths import nnUNet_preprocessed
 
-    splits_file = Path(nnUNet_preprocessed.require()) / f"Dataset{dataset_id:03d}_{dataset_name}" / "splits_final.json"
+    preprocessed = Path(nnunet_path(nnUNet_preprocessed))
+    splits_file = preprocessed / f"Dataset{dataset_id:03d}_{dataset_name}" / "splits_final.json"
     if splits_file.exists() and not overwrite_splits:
-        raise FileExistsError(f"{splits_file} exists; pass --overwrite-splits to replace it (models trained "
-                              "on the old splits no longer match)")
+        raise UserFileExistsError(f"{splits_file} exists; pass --overwrite-splits to replace it (models trained "
+                                  "on the old splits no longer match)")
     training_folder = release_training_folder(Path(acdc_folder))
     frames = {split: [f for p in patients for f in patient_frames(training_folder, p)]
               for split, patients in (("Tr", TRAIN_PATIENTS + VAL_PATIENTS), ("Ts", TEST_PATIENTS))}
@@ -131,6 +134,7 @@ def convert_acdc(acdc_folder: str, dataset_id: int, dataset_name: str = "ACDC",
     return output
 
 
+@user_errors
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_sss_convert_acdc", description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", required=True, help="extracted ACDC release (containing training/ or database/training/)")

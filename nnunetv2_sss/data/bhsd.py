@@ -27,6 +27,7 @@ from batchgenerators.utilities.file_and_folder_operations import save_json
 
 from nnunetv2_sss.data.conversion import (copy_image, copy_label, new_raw_dataset_folder, relative_listing,
                                           removed_on_error, require_files, strip_suffixes)
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, user_errors
 
 FILE_ENDING = ".nii.gz"
 SELECTION_FILE = "unlabeled_selection.json"
@@ -59,8 +60,9 @@ def check_release_json(path: Path, training: List[str], test: List[str]) -> None
     found_training = sorted(strip_suffixes(Path(e["image"]).name) for e in release.get("training", []))
     found_test = sorted(strip_suffixes(Path(p).name) for p in release.get("test", []))
     if (found_training, found_test) != (sorted(training), sorted(test)):
-        raise ValueError(f"{path}: its training/test lists ({len(found_training)}/{len(found_test)} cases) differ "
-                         "from the official BHSD lists shipped in nnunetv2_sss/data/resources/bhsd_dataset.json")
+        raise UserValueError(f"{path}: its training/test lists ({len(found_training)}/{len(found_test)} cases) "
+                             "differ from the official BHSD lists shipped in "
+                             "nnunetv2_sss/data/resources/bhsd_dataset.json")
 
 
 def _first_existing(candidates: List[Path]) -> Path:
@@ -79,15 +81,15 @@ def locate_case(release_folder: Path, case: str, official_split: str) -> Tuple[P
 def select_unlabeled(unlabeled_folder: Path, num_unlabeled: int, seed: int, exclude: set) -> dict:
     """The seeded draw of unlabeled files, as recorded in ``unlabeled_selection.json``."""
     if not unlabeled_folder.is_dir():
-        raise FileNotFoundError(f"unlabeled folder {unlabeled_folder} does not exist")
+        raise UserFileNotFoundError(f"unlabeled folder {unlabeled_folder} does not exist (-u)")
     candidates = [n for n in relative_listing(unlabeled_folder, FILE_ENDING) if strip_suffixes(n) not in exclude]
     identifiers = [strip_suffixes(n) for n in candidates]
     if len(set(identifiers)) != len(identifiers):
-        raise ValueError(f"{unlabeled_folder}: two files map to the same case identifier "
-                         "(e.g. X.nii.gz and X_0000.nii.gz)")
+        raise UserValueError(f"{unlabeled_folder}: two files map to the same case identifier "
+                             "(e.g. X.nii.gz and X_0000.nii.gz)")
     if num_unlabeled > len(candidates):
-        raise ValueError(f"{num_unlabeled} unlabeled volumes requested, {unlabeled_folder} has {len(candidates)} "
-                         f"'*{FILE_ENDING}' files that are not labeled cases")
+        raise UserValueError(f"{num_unlabeled} unlabeled volumes requested (-n), {unlabeled_folder} has "
+                             f"{len(candidates)} '*{FILE_ENDING}' files that are not labeled cases")
     return {"source_folder": str(unlabeled_folder.resolve()), "seed": seed, "num_available": len(candidates),
             "rule": "random.Random(seed).sample(sorted candidate file names, n)",
             "files": sorted(random.Random(seed).sample(candidates, num_unlabeled))}
@@ -122,9 +124,9 @@ def convert_bhsd(release_folder: str, unlabeled_folder: Optional[str], dataset_i
     checked to exist before anything is written; a failure while writing removes the folder."""
     release = Path(release_folder)
     if not release.is_dir():
-        raise FileNotFoundError(f"BHSD release folder {release} does not exist")
+        raise UserFileNotFoundError(f"BHSD release folder {release} does not exist (-i)")
     if num_unlabeled < 0:
-        raise ValueError(f"number of unlabeled volumes must be >= 0, got {num_unlabeled}")
+        raise UserValueError(f"-n {num_unlabeled}: the number of unlabeled volumes must be >= 0")
     training, test = official_case_lists()
     check_release_json(release / "dataset.json", training, test)
     pairs = {case: locate_case(release, case, "training") for case in training}
@@ -134,7 +136,8 @@ def convert_bhsd(release_folder: str, unlabeled_folder: Optional[str], dataset_i
     selection = None
     if num_unlabeled:
         if unlabeled_folder is None:
-            raise ValueError(f"{num_unlabeled} unlabeled volumes requested (-n) but no unlabeled folder (-u) given")
+            raise UserValueError(f"{num_unlabeled} unlabeled volumes requested (-n) but no unlabeled folder (-u) "
+                                 f"given: pass -u FOLDER or -n 0")
         selection = select_unlabeled(Path(unlabeled_folder), num_unlabeled, seed, set(pairs))
     output = new_raw_dataset_folder(dataset_id, dataset_name)
     with removed_on_error(output):
@@ -142,6 +145,7 @@ def convert_bhsd(release_folder: str, unlabeled_folder: Optional[str], dataset_i
     return output
 
 
+@user_errors
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="nnUNetv2_sss_convert_bhsd", description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", required=True, help="BHSD release folder (imagesTr/, labelsTr/, ...)")

@@ -10,6 +10,8 @@ from typing import Iterable, List, Sequence
 
 import numpy as np
 
+from nnunetv2_sss.errors import UserFileExistsError, UserFileNotFoundError, UserValueError, nnunet_path
+
 
 def new_raw_dataset_folder(dataset_id: int, dataset_name: str) -> Path:
     """``nnUNet_raw/DatasetXXX_name`` (created); error if nnUNet_raw is unset, the id is out of
@@ -17,12 +19,12 @@ def new_raw_dataset_folder(dataset_id: int, dataset_name: str) -> Path:
     from nnunetv2.paths import nnUNet_raw
 
     if not 1 <= dataset_id <= 999:
-        raise ValueError(f"dataset id must be in 1..999, got {dataset_id}")
-    raw = Path(nnUNet_raw.require())
+        raise UserValueError(f"-d {dataset_id}: a dataset id must be in 1..999")
+    raw = Path(nnunet_path(nnUNet_raw))
     prefix = f"Dataset{dataset_id:03d}_"
     taken = sorted(p.name for p in raw.glob(prefix + "*")) if raw.is_dir() else []
     if taken:
-        raise FileExistsError(f"{raw / taken[0]} already exists: remove it or choose another dataset id")
+        raise UserFileExistsError(f"{raw / taken[0]} already exists: remove it or choose another dataset id")
     folder = raw / f"{prefix}{dataset_name}"
     folder.mkdir(parents=True)
     return folder
@@ -42,8 +44,8 @@ def require_files(paths: Iterable[Path], what: str) -> None:
     """Raise one FileNotFoundError listing every missing path (first ten) of ``what``."""
     missing = [str(p) for p in paths if not Path(p).is_file()]
     if missing:
-        shown = "\n  ".join(missing[:10])
-        raise FileNotFoundError(f"{len(missing)} {what} missing, e.g.:\n  {shown}")
+        shown = ", ".join(missing[:10])
+        raise UserFileNotFoundError(f"{len(missing)} {what} missing, e.g.: {shown}")
 
 
 def copy_image(source: Path, target: Path) -> None:
@@ -61,7 +63,7 @@ def copy_label(source: Path, target: Path, allowed_labels: Sequence[int], merge_
     array = sitk.GetArrayViewFromImage(image)
     values = np.unique(array)
     if not np.all(values == np.round(values)) or not set(values.astype(int).tolist()) <= set(allowed_labels):
-        raise ValueError(f"{source}: label values {values.tolist()} are not all in {list(allowed_labels)}")
+        raise UserValueError(f"{source}: label values {values.tolist()} are not all in {list(allowed_labels)}")
     target.parent.mkdir(parents=True, exist_ok=True)
     if merge_foreground:
         merged = sitk.GetImageFromArray((array > 0).astype(np.uint8))

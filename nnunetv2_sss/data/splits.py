@@ -15,6 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
 
+from nnunetv2_sss.errors import UserFileExistsError, UserValueError
+
 SEMI_SUPERVISED_SPLITS_FILE = "splits_semi_supervised.json"
 
 
@@ -36,18 +38,19 @@ def make_semi_supervised_splits(preprocessed_dataset_folder: str, identifiers: S
     labeled groups are a seeded draw from each fold's training groups.
     """
     if (num_labeled is None) == (labeled_fraction is None):
-        raise ValueError("give exactly one of num_labeled and labeled_fraction")
+        raise UserValueError("give exactly one of --num-labeled and --labeled-fraction")
     splits_file = join(preprocessed_dataset_folder, "splits_final.json")
     if isfile(splits_file) and not overwrite:
-        raise FileExistsError(f"{splits_file} exists; pass --force to replace it (models trained on "
-                              f"the old splits no longer match).")
+        raise UserFileExistsError(f"{splits_file} exists; pass --force to replace it (models trained on "
+                                  f"the old splits no longer match).")
     group_of = group_of or (lambda case: case)
     members: Dict[str, List[str]] = {}
     for case in sorted(identifiers):
         members.setdefault(group_of(case), []).append(case)
     groups = sorted(members)
     if len(groups) < num_folds:
-        raise ValueError(f"{len(groups)} cases/groups cannot be split into {num_folds} folds")
+        raise UserValueError(f"{len(groups)} cases/groups cannot be split into {num_folds} folds: "
+                             f"lower --folds")
 
     rng = np.random.RandomState(seed + 1)
     nnunet_splits, semi_splits = [], []
@@ -55,7 +58,9 @@ def make_semi_supervised_splits(preprocessed_dataset_folder: str, identifiers: S
         training_groups = [g for g in groups if g not in set(validation_groups)]
         n = num_labeled if num_labeled is not None else int(round(labeled_fraction * len(training_groups)))
         if not 1 <= n <= len(training_groups):
-            raise ValueError(f"{n} labeled groups requested, a fold has {len(training_groups)} training groups")
+            raise UserValueError(f"{n} labeled groups requested, a fold has {len(training_groups)} training "
+                                 f"groups: choose --num-labeled / --labeled-fraction between 1 and "
+                                 f"{len(training_groups)} groups")
         labeled_groups = set(rng.choice(training_groups, n, replace=False).tolist())
         expand = lambda gs: sorted(c for g in gs for c in members[g])
         labeled = expand(g for g in training_groups if g in labeled_groups)
@@ -72,12 +77,16 @@ def group_by_regex(pattern: Optional[str]) -> Optional[Callable[[str], str]]:
     """``case -> first match of pattern`` (e.g. ``patient\\d+``), or None for no grouping."""
     if pattern is None:
         return None
-    compiled = re.compile(pattern)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise UserValueError(f"--group-regex {pattern!r} is not a valid regular expression ({error})") from None
 
     def group(case: str) -> str:
         match = compiled.search(case)
         if match is None:
-            raise ValueError(f"case {case!r} does not match the group pattern {pattern!r}")
+            raise UserValueError(f"case {case!r} does not match the group pattern {pattern!r}: "
+                                 f"fix --group-regex")
         return match.group(0)
     return group
 
@@ -93,6 +102,6 @@ def hidden_label_cases(preprocessed_dataset_folder: str, fold) -> List[str]:
         return []
     splits = load_json(path)
     if fold == "all" or not 0 <= int(fold) < len(splits):
-        raise ValueError(f"{path} defines folds 0..{len(splits) - 1}; fold {fold!r} would read the labels of "
-                         f"cases that are meant to be unlabeled.")
+        raise UserValueError(f"{path} defines folds 0..{len(splits) - 1}; fold {fold!r} would read the labels of "
+                             f"cases that are meant to be unlabeled: train one of folds 0..{len(splits) - 1}.")
     return list(splits[int(fold)]["unlabeled"])

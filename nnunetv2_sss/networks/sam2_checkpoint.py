@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from nnunetv2_sss import settings
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError
 
 IMAGE_ENCODER_PREFIX = "image_encoder."
 
@@ -49,15 +50,16 @@ def read_sam2_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     where = f"{settings.SAM2_CHECKPOINT}={str(path)!r}"
     if not path.is_file():
-        raise FileNotFoundError(f"{where}: file not found")
+        raise UserFileNotFoundError(f"{where}: file not found; set it to the path of a SAM-2 checkpoint (.pt) "
+                                    f"or to '{settings.RANDOM_WEIGHTS}'")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"{where}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise UserValueError(f"{where}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         found = list(checkpoint)[:10] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{where}: expected a dict with a 'model' state dict (SAM-2 checkpoint format), "
-                         f"found {found}")
+        raise UserValueError(f"{where}: expected a dict with a 'model' state dict (SAM-2 checkpoint format), "
+                             f"found {found}")
     return checkpoint["model"]
 
 
@@ -72,13 +74,14 @@ def load_image_encoder_weights(image_encoder: nn.Module, path: str | Path) -> En
                      if k.startswith(IMAGE_ENCODER_PREFIX)}
     where = f"{settings.SAM2_CHECKPOINT}={str(path)!r}"
     if not encoder_state:
-        raise ValueError(f"{where}: no '{IMAGE_ENCODER_PREFIX}*' tensors in the checkpoint's 'model' dict")
+        raise UserValueError(f"{where}: no '{IMAGE_ENCODER_PREFIX}*' tensors in the checkpoint's 'model' dict")
     own = image_encoder.state_dict()
     mismatched = [f"{k}: checkpoint {tuple(v.shape)} vs encoder {tuple(own[k].shape)}"
                   for k, v in encoder_state.items() if k in own and v.shape != own[k].shape]
     if mismatched:
-        raise ValueError(f"{where}: tensor shapes do not match the encoder built from "
-                         f"{settings.SAM2_CONFIG} (another Hiera size?): " + "; ".join(mismatched[:5]))
+        raise UserValueError(f"{where}: tensor shapes do not match the encoder built from "
+                             f"{settings.SAM2_CONFIG}={settings.sam2_config()!r} (set the config of the "
+                             f"checkpoint's Hiera size): " + "; ".join(mismatched[:5]))
     result = image_encoder.load_state_dict(encoder_state, strict=False)
     return EncoderWeightsReport(
         checkpoint=str(path),

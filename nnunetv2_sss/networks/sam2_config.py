@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from nnunetv2_sss import settings
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError
 
 PLANS_KEY = "sam2_network"
 _CONFIG_FOLDERS = ("configs/sam2.1", "configs/sam2")
@@ -49,7 +50,7 @@ def _check_targets(node: Any, where: str) -> None:
     if isinstance(node, dict):
         target = node.get("_target_")
         if target is not None and not str(target).startswith(_ALLOWED_TARGET_PREFIX):
-            raise ValueError(f"{where}: _target_ {target!r} is not a class of {_ALLOWED_TARGET_PREFIX}*")
+            raise UserValueError(f"{where}: _target_ {target!r} is not a class of {_ALLOWED_TARGET_PREFIX}*")
         for value in node.values():
             _check_targets(value, where)
     elif isinstance(node, list):
@@ -69,22 +70,22 @@ def load_image_encoder_node(name_or_path: str) -> dict:
     if _is_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"{where}: YAML file not found: {path}")
+            raise UserFileNotFoundError(f"{where}: YAML file not found: {path}")
     else:
         files = _package_config_files()
         if name_or_path not in files:
-            raise ValueError(f"{where}: unknown SAM-2 config; use a path to a YAML file or one of "
-                             f"{', '.join(sorted(files))}")
+            raise UserValueError(f"{where}: unknown SAM-2 config; use a path to a YAML file or one of "
+                                 f"{', '.join(sorted(files))}")
         path = files[name_or_path]
     cfg = OmegaConf.load(path)
     node = OmegaConf.select(cfg, "model.image_encoder")
     if node is None:
-        raise ValueError(f"{where}: {path} has no 'model.image_encoder' node (SAM-2 config schema)")
+        raise UserValueError(f"{where}: {path} has no 'model.image_encoder' node (SAM-2 config schema)")
     node = OmegaConf.to_container(node, resolve=True)
     _check_targets(node, where)
     for part in ("trunk", "neck"):
         if not isinstance(node.get(part), dict):
-            raise ValueError(f"{where}: model.image_encoder has no '{part}' node")
+            raise UserValueError(f"{where}: model.image_encoder has no '{part}' node")
     return node
 
 

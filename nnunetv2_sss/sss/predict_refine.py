@@ -59,8 +59,8 @@ def predict_refine(input_folder: str, output_folder: str, model_folder: str, fol
     predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
     network = predictor.network
     if getattr(network, "prompt_head", None) is None:
-        raise UserRuntimeError(f"{model_folder}: the trainer's network has no SAM-2 prompt head (train nnUNetTrainerSSS "
-                           f"or another SSS variant with PCSW)")
+        raise UserRuntimeError(f"{model_folder}: the trainer's network has no SAM-2 prompt head (train "
+                               f"nnUNetTrainerSSS or another SSS variant with PCSW)")
     network.load_state_dict(predictor.list_of_parameters[0])
     network.to(predictor.device).eval()
     plans, configuration, dataset_json = predictor.plans_manager, predictor.configuration_manager, \

@@ -3,16 +3,29 @@
 - the ``nnUNet_sss_*`` training-length overrides (``settings.py``);
 - atomic checkpoint files;
 - extra checkpoint state through two hooks (``extra_checkpoint_state`` /
-  ``load_extra_checkpoint_state``), which nnU-Net's ``save_checkpoint`` lacks.
+  ``load_extra_checkpoint_state``), which nnU-Net's ``save_checkpoint`` lacks;
+- known user errors (:class:`~nnunetv2_sss.errors.UserError`, e.g. a bad ``nnUNet_sss_*``
+  value, a missing SAM-2 checkpoint or unlabeled data) stop ``nnUNetv2_train`` with one
+  ``ERROR: ...`` line and exit code 1, no traceback; a fold folder that this run created is
+  removed again. nnU-Net calls the trainer through ``__init__``, ``initialize``,
+  ``load_checkpoint``, ``run_training`` and ``perform_actual_validation``; every class of the
+  hierarchy gets these methods (and ``on_train_start``) wrapped (``__init_subclass__``), so a
+  subclass raises ``UserError`` anywhere in them.
 """
 from __future__ import annotations
 
-from typing import Union
+import functools
+import inspect
+import os
+import shutil
+from typing import Optional, Union
 
 import torch
 from torch._dynamo import OptimizedModule
 
+from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2_sss.errors import UserError, trainer_exit
 from nnunetv2_sss.training.checkpoint_io import save_atomically
 from nnunetv2_sss.training.schedule import apply_schedule_overrides
 
@@ -26,11 +39,89 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
+# methods through which nnU-Net (run_training.py) enters a trainer, plus on_train_start
+USER_ERROR_SEAMS = ('__init__', 'initialize', 'on_train_start', 'load_checkpoint', 'run_training',
+                    'perform_actual_validation')
+
+
+def first_new_folder(folder: Optional[str], stop: Optional[str]) -> Optional[str]:
+    """The outermost folder of ``folder`` and its parents below ``stop`` that does not exist yet
+    (what ``maybe_mkdir_p(folder)`` would create), ``None`` if ``folder`` exists."""
+    if folder is None or os.path.isdir(folder):
+        return None
+    new = folder = os.path.abspath(folder)
+    stop = os.path.abspath(stop) if stop else None
+    while True:
+        parent = os.path.dirname(new)
+        if parent == new or parent == stop or os.path.isdir(parent):
+            return new
+        new = parent
+
+
+def _fold_folder(trainer_class: type, plans: dict, configuration: str, fold) -> Optional[str]:
+    """``output_folder`` that nnU-Net's ``__init__`` will create, computed before it runs."""
+    if not nnUNet_results.is_set():
+        return None
+    try:
+        return os.path.join(nnUNet_results.get(), plans['dataset_name'],
+                            f"{trainer_class.__name__}__{plans['plans_name']}__{configuration}", f"fold_{fold}")
+    except (KeyError, TypeError):
+        return None
+
+
+def user_error_seam(method):
+    """Wrap a trainer method: :class:`UserError` -> clean up, ``ERROR: ...``, exit 1."""
+    if getattr(method, '_user_error_seam', False):
+        return method
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def seam(self, *args, **kwargs):
+        if method.__name__ == '__init__' and '_sss_new_folder' not in self.__dict__:
+            # the outermost __init__: before nnU-Net's maybe_mkdir_p(output_folder)
+            try:
+                bound = signature.bind(self, *args, **kwargs).arguments
+                folder = _fold_folder(type(self), bound['plans'], bound['configuration'], bound['fold'])
+            except (TypeError, KeyError):
+                folder = None
+            self._sss_new_folder = first_new_folder(folder, nnUNet_results.get())
+        try:
+            return method(self, *args, **kwargs)
+        except UserError as error:
+            self.stop_on_user_error(error)
+
+    seam._user_error_seam = True
+    return seam
+
+
 class nnUNetTrainerPlugin(nnUNetTrainer):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in USER_ERROR_SEAMS:
+            if name in cls.__dict__:
+                setattr(cls, name, user_error_seam(cls.__dict__[name]))
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_schedule_overrides(self)
+
+    def stop_on_user_error(self, error: UserError):
+        """Stop the training on a known user error: workers shut down, a fold folder created by
+        this run removed (else the error goes to its log), ``ERROR: ...`` on stderr, exit 1."""
+        for name in ('dataloader_train', 'dataloader_val', 'dataloader_unlabeled'):
+            finish = getattr(getattr(self, name, None), '_finish', None)
+            if finish is not None:
+                try:
+                    finish()
+                except Exception:  # noqa: BLE001 - shutting down, the user error is what matters
+                    pass
+        new_folder = self.__dict__.get('_sss_new_folder')
+        if new_folder is not None and getattr(self, 'local_rank', 0) == 0:
+            shutil.rmtree(new_folder, ignore_errors=True)
+        elif getattr(self, 'log_file', None) is not None and os.path.isdir(os.path.dirname(self.log_file)):
+            self.print_to_log_file(f"ERROR: {error}", also_print_to_console=False)
+        raise trainer_exit(error) from None
 
     # ---- hooks for subclasses -------------------------------------------------------------
     def exported_network_weights(self) -> dict:
@@ -91,3 +182,6 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         if self.grad_scaler is not None and checkpoint['grad_scaler_state'] is not None:
             self.grad_scaler.load_state_dict(checkpoint['grad_scaler_state'])
         self.load_extra_checkpoint_state(checkpoint)
+
+for _name in USER_ERROR_SEAMS:
+    setattr(nnUNetTrainerPlugin, _name, user_error_seam(getattr(nnUNetTrainerPlugin, _name)))

@@ -34,6 +34,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2_sss.data.splits import hidden_label_cases
 from nnunetv2_sss.data.unlabeled_loader import UnlabeledDataLoader, UnlabeledImages
 from nnunetv2_sss.data.unlabeled_preprocessing import done_cases, unlabeled_folder
+from nnunetv2_sss.errors import UserRuntimeError
 from nnunetv2_sss.ssl.ema import ema_momentum, ema_update, make_teacher
 from nnunetv2_sss.ssl.views import strong_view_transforms, weak_view_transforms
 from nnunetv2_sss.training.base import nnUNetTrainerPlugin, unwrap
@@ -87,7 +88,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         sources = [(f, cases) for f, cases in sources if cases]
         if not sources:
             dataset = self.plans_manager.dataset_name
-            raise RuntimeError(
+            raise UserRuntimeError(
                 f"{self.__class__.__name__} needs unlabeled data but {folder} holds no preprocessed case and "
                 f"{os.path.join(self.preprocessed_dataset_folder_base, 'splits_semi_supervised.json')} marks no "
                 f"case of fold {self.fold} as unlabeled. Put scans into nnUNet_raw/{dataset}/imagesUnlabeled and run "
@@ -100,8 +101,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         hidden = set(hidden_label_cases(self.preprocessed_dataset_folder_base, self.fold))
         leaked = sorted(hidden & set(tr_keys))
         if leaked:
-            raise RuntimeError(f"splits_final.json lists {leaked} as labeled training cases of fold {self.fold}, "
-                               f"but splits_semi_supervised.json marks them unlabeled. Re-run nnUNetv2_sss_make_splits.")
+            raise UserRuntimeError(f"splits_final.json lists {leaked} as labeled training cases of fold {self.fold}, "
+                                   f"but splits_semi_supervised.json marks them unlabeled. Re-run nnUNetv2_sss_make_splits.")
         return tr_keys, val_keys
 
     def get_unlabeled_dataloader(self):
