@@ -8,8 +8,9 @@ import torch
 
 from helpers import run_cli
 from nnunetv2_sss.cps4.stage1_io import load_stage1, read_stage1_metadata, stage1_output_folder
-from nnunetv2_sss.cps4.text_labels import attention_to_label_map, enhanced_pseudo_label
+from nnunetv2_sss.cps4.text_labels import attention_to_label_map
 from nnunetv2_sss.data.splits import make_semi_supervised_splits
+from nnunetv2_sss.ssl.soft_targets import enhanced_soft_target
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,8 @@ def test_stage1_command_writes_a_model_stage2_can_use(nnunet_dataset, stage1_env
     text = attention_to_label_map(attention, (48, 48))
     assert text.shape == (2, 48, 48) and 0 <= int(text.min()) and int(text.max()) <= 2
     teacher = torch.softmax(torch.randn(2, 3, 48, 48), 1)
-    assert enhanced_pseudo_label(teacher, text).shape == (2, 48, 48)
+    target = enhanced_soft_target(teacher, text)
+    assert target.shape == (2, 3, 48, 48) and torch.allclose(target.sum(1), torch.ones(2, 48, 48))
 
 
 def test_stage1_command_rejects_bad_input_before_training(nnunet_dataset, stage1_env):

@@ -1,26 +1,43 @@
-"""Mixup of a batch with a permutation of itself (Interpolation Consistency Training)."""
+"""Mixup of unlabeled pairs for Interpolation Consistency Training, as SSL4MIS does it
+(``code/train_interpolation_consistency_training_2D.py`` lines 158-167): the first half of the
+unlabeled batch is mixed with the second half, one ``lambda ~ Beta(alpha, alpha)`` per pair."""
 from __future__ import annotations
+
+from typing import Tuple
 
 import numpy as np
 import torch
 
 
-def sample_mixup_coefficient(rng: np.random.Generator, alpha: float) -> float:
-    """``lambda ~ Beta(alpha, alpha)``, one value per batch as in ICT (Verma et al. 2019, Alg. 1)."""
+def sample_mixup_factors(rng: np.random.Generator, alpha: float, num_pairs: int) -> np.ndarray:
+    """``num_pairs`` independent ``lambda ~ Beta(alpha, alpha)`` (SSL4MIS: ``np.random.beta(ict_alpha,
+    ict_alpha, size=(labeled_bs // 2, 1, 1, 1))``)."""
     if not alpha > 0:
         raise ValueError(f"mixup_alpha must be > 0 (Beta(alpha, alpha)), got {alpha}")
-    return float(rng.beta(alpha, alpha))
+    if num_pairs < 1:
+        raise ValueError(f"mixup needs at least one pair (an unlabeled batch of >= 2 patches), got {num_pairs} pairs")
+    return rng.beta(alpha, alpha, size=num_pairs)
 
 
-def mix_with_partners(x: torch.Tensor, partners: torch.Tensor, mix_coefficient: float) -> torch.Tensor:
-    """``lambda * x + (1 - lambda) * x[partners]``.
+def split_pairs(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(x[:n], x[n:2n])`` with ``n = B // 2`` (an odd last sample is left out)."""
+    n = x.shape[0] // 2
+    if n < 1:
+        raise ValueError(f"mixup needs a batch of at least 2 samples, got {x.shape[0]}")
+    return x[:n], x[n:2 * n]
 
-    ``x``: ``(B, ...)`` (images ``(B, C, *spatial)`` or class probabilities ``(B, K, *spatial)``);
-    ``partners``: long ``(B,)``, sample ``i`` is mixed with sample ``partners[i]``;
-    ``mix_coefficient``: ``lambda`` in ``[0, 1]``.
+
+def mix_pairs(x0: torch.Tensor, x1: torch.Tensor, mix_factors) -> torch.Tensor:
+    """``x0 * (1 - lambda) + x1 * lambda``, one ``lambda`` per sample (broadcast over the other axes).
+
+    ``x0``, ``x1``: ``(n, ...)`` (images or class probabilities); ``mix_factors``: ``n`` values in [0, 1].
     """
-    if not 0.0 <= mix_coefficient <= 1.0:
-        raise ValueError(f"mix_coefficient must lie in [0, 1], got {mix_coefficient}")
-    if partners.shape != (x.shape[0],):
-        raise ValueError(f"partners must have shape ({x.shape[0]},) (one index per sample), got {tuple(partners.shape)}")
-    return mix_coefficient * x + (1.0 - mix_coefficient) * x[partners]
+    if x0.shape != x1.shape:
+        raise ValueError(f"the two halves differ in shape: {tuple(x0.shape)} vs {tuple(x1.shape)}")
+    factors = torch.as_tensor(np.asarray(mix_factors), dtype=torch.float32, device=x0.device)
+    if factors.shape != (x0.shape[0],):
+        raise ValueError(f"one mix factor per pair expected ({x0.shape[0]}), got shape {tuple(factors.shape)}")
+    if bool(((factors < 0) | (factors > 1)).any()):
+        raise ValueError(f"mix factors must lie in [0, 1], got {factors.tolist()}")
+    factors = factors.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return x0 * (1.0 - factors) + x1 * factors

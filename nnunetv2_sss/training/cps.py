@@ -4,8 +4,10 @@ Two networks of the same plans, differently initialised (``self.network`` as nnU
 it, ``self.network_b`` built under ``torch.manual_seed(second_network_seed)``). Each is
 trained with nnU-Net's supervised loss on the labeled batch plus CE on the other's hard
 pseudo-label (argmax) on the weak view of the unlabeled batch:
-``L = L_s(f_1) + L_s(f_2) + w * [CE(f_1, argmax f_2) + CE(f_2, argmax f_1)]``, ``w`` = 1.5
-(the paper's lambda) ramped up over the first 10 % of training.
+``L = L_s(f_1) + L_s(f_2) + w * [CE(f_1, argmax f_2) + CE(f_2, argmax f_1)]`` with the settings of
+SSL4MIS's ``code/train_cross_pseudo_supervision_2D.py`` (README, "Baseline settings (SSL4MIS)"):
+``w = 0.2 * sigmoid_rampup`` over all of training (:mod:`ssl4mis_baseline`; SSL4MIS: 0.1 next to
+its ``0.5 (CE + Dice)``), not the CPS paper's 1.5.
 
 - One optimizer (nnU-Net's SGD and poly schedule) holds both networks as two parameter
   groups, so nnU-Net's ``optimizer_state`` and ``--c`` cover both; network 2's gradients are
@@ -27,11 +29,10 @@ from torch import nn
 
 from nnunetv2_sss.ssl.cross_pseudo import cross_pseudo_supervision_loss
 from nnunetv2_sss.training.semi_supervised import first_output, nnUNetTrainerSemiSupervised
+from nnunetv2_sss.training.ssl4mis_baseline import SSL4MISSchedule
 
 
-class nnUNetTrainerCPS(nnUNetTrainerSemiSupervised):
-    unlabeled_loss_weight = 1.5
-    unlabeled_rampup_fraction = 0.1
+class nnUNetTrainerCPS(SSL4MISSchedule, nnUNetTrainerSemiSupervised):
     num_strong_views = 0
     export_teacher = False
     second_network_seed = 1234

@@ -3,13 +3,18 @@
 Needs the frozen stage-1 vision-text model of the same dataset, plans and fold
 (``nnUNetv2_sss_pretrain_cps4``; the training stops at once naming that command if it is
 missing). Per unlabeled batch: the stage-1 attention maps of the weak view, bilinearly
-up-sampled, Otsu-thresholded per class and stacked, give ``y_text``; the teacher's
-probabilities plus ``text_weight`` times one-hot ``y_text``, arg-maxed, give the enhanced
-label ``y_hat``; the student on the strong view is trained with
-``1/2 [CE(y_s, y_text) + CE(y_s, y_hat)]`` next to nnU-Net's supervised loss (weight 1, the
-Mean Teacher ramp-up). With ``text_weight = 1`` (the paper's sum) ``y_hat == y_text`` except
-for exact ties; below 1 a confident teacher can overrule the text map. 2-D only;
-``nnUNetv2_predict`` needs neither encoder (the exported model is the teacher).
+up-sampled, Otsu-thresholded per class and stacked, give ``y_text``; the EMA teacher's
+probabilities ``p_t`` on the weak view and ``y_text`` give the enhanced soft target
+``(p_t + onehot(y_text)) / 2`` (the paper's ``l_ce(y_s, y_t + y_text)`` read as a soft target:
+as a hard label ``argmax(p_t + onehot(y_text))`` it would always be ``y_text``). The student on
+the strong view is trained with
+
+    L = L_sup + 1/2 [CE(y_s, y_text) + CE(y_s, (p_t + onehot(y_text)) / 2)]
+
+(``L_sup`` = nnU-Net's loss), i.e. ``L_semi^enhance = (CE(y_s, p_t) + CE(y_s, y_text)) / 2``. No
+ramp-up (the paper has none; ``unlabeled_rampup_fraction`` > 0 adds the base class's sigmoid
+ramp-up over that share of the epochs). 2-D only; ``nnUNetv2_predict`` needs neither encoder
+(the exported model is the teacher).
 """
 from __future__ import annotations
 
@@ -19,15 +24,18 @@ import torch
 import torch.nn.functional as F
 
 from nnunetv2_sss.cps4.stage1_io import load_stage1, stage1_output_folder
-from nnunetv2_sss.cps4.text_labels import attention_to_label_map, enhanced_pseudo_label
-from nnunetv2_sss.training.mean_teacher import nnUNetTrainerMeanTeacher
-from nnunetv2_sss.training.semi_supervised import first_output
+from nnunetv2_sss.cps4.text_labels import attention_to_label_map
+from nnunetv2_sss.ssl.soft_targets import enhanced_soft_target, soft_cross_entropy
+from nnunetv2_sss.training.semi_supervised import first_output, nnUNetTrainerSemiSupervised
 
 
-class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
-    unlabeled_rampup_fraction = 0.1
-    text_weight = 1.0
-    ssl_figures = {**nnUNetTrainerMeanTeacher.ssl_figures,
+class nnUNetTrainerCPS4(nnUNetTrainerSemiSupervised):
+    ema_decay = 0.99
+    unlabeled_loss_weight = 1.0
+    unlabeled_rampup_fraction = 0.0   # the paper has no ramp-up; > 0 enables the base class's
+    num_strong_views = 1
+    export_teacher = True
+    ssl_figures = {**nnUNetTrainerSemiSupervised.ssl_figures,
                    'ssl_text_teacher_agreement': 'text map = teacher argmax (voxel share)'}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -57,9 +65,10 @@ class nnUNetTrainerCPS4(nnUNetTrainerMeanTeacher):
         weak = unlabeled['data']
         teacher_probabilities = self.teacher_probabilities(weak)
         text = self.text_labels(weak)
-        enhanced = enhanced_pseudo_label(teacher_probabilities, text, self.text_weight)
         student = first_output(self.network(unlabeled['strong'][0])).float()
-        loss = 0.5 * (F.cross_entropy(student, text) + F.cross_entropy(student, enhanced))
+        loss_text = F.cross_entropy(student, text)
+        loss_enhance = soft_cross_entropy(student, enhanced_soft_target(teacher_probabilities, text))
         confidence, teacher_label = teacher_probabilities.max(1)
-        return loss, {'ssl_confident_share': float((confidence >= self.confidence_threshold).float().mean()),
-                      'ssl_text_teacher_agreement': float((teacher_label == text).float().mean())}
+        return 0.5 * (loss_text + loss_enhance), \
+            {'ssl_confident_share': float((confidence >= self.confidence_threshold).float().mean()),
+             'ssl_text_teacher_agreement': float((teacher_label == text).float().mean())}

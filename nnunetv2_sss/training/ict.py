@@ -1,11 +1,15 @@
-"""Interpolation Consistency Training (Verma et al., IJCAI 2019) on nnU-Net's network.
+"""Interpolation Consistency Training (Verma et al., IJCAI 2019) on nnU-Net's network, as SSL4MIS's
+``code/train_interpolation_consistency_training_2D.py`` does it (README, "Baseline settings
+(SSL4MIS)"):
 
-Unlabeled weak views ``u`` are mixed with a random permutation of the batch,
-``lambda ~ Beta(mixup_alpha, mixup_alpha)`` (one per batch); the EMA teacher predicts the
-unmixed ``u`` and its probabilities are mixed with the same ``lambda`` and partners;
-``L_u`` = softmax MSE between the student on the mixed input and the mixed teacher
-probabilities, weight ramped up over the first 10 % of training (as Mean Teacher here).
-The EMA teacher is part of the method and is exported, as for Mean Teacher.
+- the unlabeled batch is split into halves ``u0 = u[:n]``, ``u1 = u[n:2n]``, ``n = B // 2``;
+  one ``lambda ~ Beta(0.2, 0.2)`` per pair; the student sees ``u0 (1 - lambda) + u1 lambda``;
+- the EMA teacher (decay 0.99) predicts ``u0`` and ``u1`` unmixed; the target is their softmax
+  mixed with the same ``lambda``; ``L_u`` = mean squared difference of the student's softmax
+  and that target;
+- weight ``0.2 * sigmoid_rampup`` over all of training (:mod:`ssl4mis_baseline`).
+
+The teacher is exported (the plugin's default); SSL4MIS validates and saves the student.
 """
 from __future__ import annotations
 
@@ -15,16 +19,16 @@ import numpy as np
 import torch
 
 from nnunetv2_sss.ssl.losses import softmax_mse
-from nnunetv2_sss.ssl.mixup import mix_with_partners, sample_mixup_coefficient
+from nnunetv2_sss.ssl.mixup import mix_pairs, sample_mixup_factors, split_pairs
 from nnunetv2_sss.training.semi_supervised import first_output, nnUNetTrainerSemiSupervised
+from nnunetv2_sss.training.ssl4mis_baseline import SSL4MISSchedule
 
 
-class nnUNetTrainerICT(nnUNetTrainerSemiSupervised):
+class nnUNetTrainerICT(SSL4MISSchedule, nnUNetTrainerSemiSupervised):
     ema_decay = 0.99
-    unlabeled_rampup_fraction = 0.1
     num_strong_views = 0
-    min_unlabeled_batch_size = 2  # mixup needs a partner patch
-    mixup_alpha = 1.0
+    min_unlabeled_batch_size = 2  # mixup needs a pair
+    mixup_alpha = 0.2
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
@@ -32,11 +36,10 @@ class nnUNetTrainerICT(nnUNetTrainerSemiSupervised):
         self.mixup_rng = np.random.default_rng()
 
     def unlabeled_loss(self, unlabeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        inputs = unlabeled['data']
-        teacher_probabilities = self.teacher_probabilities(inputs)
-        mix_coefficient = sample_mixup_coefficient(self.mixup_rng, self.mixup_alpha)
-        partners = torch.as_tensor(self.mixup_rng.permutation(inputs.shape[0]), device=inputs.device)
-        student_logits = first_output(self.network(mix_with_partners(inputs, partners, mix_coefficient)))
-        loss = softmax_mse(student_logits, mix_with_partners(teacher_probabilities, partners, mix_coefficient))
-        confident = teacher_probabilities.max(1).values >= self.confidence_threshold
+        u0, u1 = split_pairs(unlabeled['data'])
+        mix_factors = sample_mixup_factors(self.mixup_rng, self.mixup_alpha, u0.shape[0])
+        teacher_0, teacher_1 = split_pairs(self.teacher_probabilities(torch.cat([u0, u1])))
+        student_logits = first_output(self.network(mix_pairs(u0, u1, mix_factors)))
+        loss = softmax_mse(student_logits, mix_pairs(teacher_0, teacher_1, mix_factors))
+        confident = torch.cat([teacher_0, teacher_1]).max(1).values >= self.confidence_threshold
         return loss, {'ssl_confident_share': float(confident.float().mean())}
