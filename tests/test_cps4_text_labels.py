@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nnunetv2_sss.cps4.text_labels import attention_to_label_map, enhanced_pseudo_label, otsu_thresholds
+from nnunetv2_sss.cps4.text_labels import attention_to_label_map, otsu_thresholds
 
 
 def _two_level_map(size, region, high, low):
@@ -68,25 +68,3 @@ def test_thresholds_are_per_image_and_class():
     labels = attention_to_label_map(attention, (4, 4))
     assert labels[0].tolist() == [[1] * 4, [1] * 4, [0] * 4, [0] * 4]
     assert labels[1].tolist() == [[0] * 4, [0] * 4, [1] * 4, [1] * 4]
-
-
-def test_enhanced_pseudo_label_merge():
-    # pixels: teacher probabilities over 3 classes, text label
-    probs = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.05, 0.9, 0.05], [0.0, 1.0, 0.0]])
-    text = torch.tensor([2, 0, 1, 2])
-    teacher_probs = probs.T.reshape(1, 3, 2, 2)
-    text_map = text.reshape(1, 2, 2)
-    # paper's sum: p + one_hot -> the text label, except the exact tie p = (0, 1, 0) + (0, 0, 1)
-    assert enhanced_pseudo_label(teacher_probs, text_map).flatten().tolist() == [2, 0, 1, 1]
-    # weaker text: the teacher wins where p_c > p_t + 0.5 (pixels 1: 0.7 > 0.1 + 0.5, 3: 1 > 0.5)
-    assert enhanced_pseudo_label(teacher_probs, text_map, text_weight=0.5).flatten().tolist() == [2, 2, 1, 1]
-    volume = torch.softmax(torch.randn(2, 3, 2, 4, 4), 1)
-    labels = torch.randint(0, 3, (2, 2, 4, 4))
-    assert enhanced_pseudo_label(volume, labels).shape == (2, 2, 4, 4)
-
-
-def test_enhanced_pseudo_label_rejects_bad_input():
-    with pytest.raises(ValueError, match="do not match"):
-        enhanced_pseudo_label(torch.rand(1, 3, 4, 4), torch.zeros(1, 4, 5, dtype=torch.long))
-    with pytest.raises(ValueError, match="0..2"):
-        enhanced_pseudo_label(torch.rand(1, 3, 4, 4), torch.full((1, 4, 4), 3))

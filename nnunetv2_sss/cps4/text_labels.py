@@ -34,22 +34,3 @@ def attention_to_label_map(attention: torch.Tensor, out_size: Sequence[int]) -> 
     score = torch.where(fires, up, torch.full_like(up, -torch.inf))
     return torch.where(fires.any(1), score.argmax(1), torch.zeros_like(score[:, 0], dtype=torch.long))
 
-
-def enhanced_pseudo_label(teacher_probs: torch.Tensor, text_labels: torch.Tensor,
-                          text_weight: float = 1.0) -> torch.Tensor:
-    """``argmax_c(teacher_probs + text_weight * one_hot(text_labels))``: ``[B, C, ...]``, ``[B, ...]`` -> ``[B, ...]``.
-
-    With the paper's ``text_weight = 1`` and probabilities that sum to 1 the text label always
-    wins (``p_t + 1 >= 1 - p_t >= p_c``; a tie only where the teacher is exactly certain of
-    another class), so the merge equals ``text_labels``. With ``text_weight < 1`` the teacher
-    overrides the text label where its probability exceeds ``p_t + text_weight``.
-    """
-    num_classes = teacher_probs.shape[1]
-    if text_labels.shape != teacher_probs.shape[:1] + teacher_probs.shape[2:]:
-        raise ValueError(f"text labels {tuple(text_labels.shape)} do not match teacher probabilities "
-                         f"{tuple(teacher_probs.shape)} (expected [B, ...] for [B, C, ...])")
-    if text_labels.min() < 0 or text_labels.max() >= num_classes:
-        raise ValueError(f"text labels must lie in 0..{num_classes - 1}, got "
-                         f"{int(text_labels.min())}..{int(text_labels.max())}")
-    one_hot = F.one_hot(text_labels.long(), num_classes).movedim(-1, 1).to(teacher_probs.dtype)
-    return (teacher_probs + text_weight * one_hot).argmax(1)
