@@ -28,15 +28,19 @@ def preprocess_unlabeled_entry() -> None:
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     parser.add_argument("-np", type=int, default=None, help="processes (default: nnU-Net's default_num_processes)")
     parser.add_argument("--clean", action="store_true", help="redo cases that are already preprocessed")
+    parser.add_argument("--reorient", action="store_true",
+                        help="preprocess scans whose orientation differs from the training images' reoriented to "
+                             "it (default: refuse them); the raw files are not changed")
     args = parser.parse_args()
 
     from nnunetv2.configuration import default_num_processes
+    from nnunetv2_sss.data.folder_lock import FolderLockedError
     from nnunetv2_sss.data.unlabeled_preprocessing import preprocess_unlabeled
     from nnunetv2_sss.data.unlabeled_raw import UnlabeledDataError
     try:
         preprocess_unlabeled(args.d, args.c, args.p, args.np if args.np is not None else default_num_processes,
-                             args.clean)
-    except UnlabeledDataError as error:
+                             args.clean, args.reorient)
+    except (UnlabeledDataError, FolderLockedError) as error:
         _fail(str(error))
 
 

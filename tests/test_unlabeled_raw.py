@@ -1,11 +1,14 @@
 """Validation of imagesUnlabeled: each bad input gives an error naming the file."""
+import os
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2_sss.data.folder_lock import LOCK_FILE, FolderLock, FolderLockedError
 from nnunetv2_sss.data.unlabeled_raw import (UnlabeledDataError, check_case_headers, check_voxels,
-                                             find_unlabeled_cases)
+                                             find_unlabeled_cases, read_header)
 
 DATASET_JSON = {"channel_names": {"0": "T1", "1": "T2"}, "file_ending": ".nii.gz"}
 
@@ -73,3 +76,39 @@ def test_voxel_checks():
         check_voxels(images, ["a", "b"])
     with pytest.raises(UnlabeledDataError, match="a: image is empty"):
         check_voxels(np.zeros((1, 3, 4, 4)), ["a"])
+
+
+@pytest.mark.parametrize("permutation, flips", [([2, 1, 0], [True, False, False]), ([1, 2, 0], [False, True, True]),
+                                                ([0, 1, 2], [True, True, False])])
+def test_header_reoriented_like_dicom_orient(tmp_path, permutation, flips):
+    """The header check's idea of a reoriented scan (shape, spacing in nnU-Net's axis order) is what
+    SimpleITK.DICOMOrient makes of it."""
+    image = sitk.GetImageFromArray(np.zeros((3, 4, 5), np.float32))
+    image.SetSpacing((0.5, 0.7, 2.0))
+    odd = sitk.Flip(sitk.PermuteAxes(image, permutation), flips)
+    path = str(tmp_path / "odd_0000.nii.gz")
+    sitk.WriteImage(odd, path)
+    header = read_header(path, SimpleITKIO())
+    assert header.orientation == sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(odd.GetDirection())
+    reoriented = header.reoriented("LPS")
+    expected = sitk.DICOMOrient(odd, "LPS")
+    assert reoriented.shape == tuple(expected.GetSize())[::-1] == (3, 4, 5)
+    assert np.allclose(reoriented.spacing, expected.GetSpacing()[::-1])
+
+
+def test_unreadable_header(tmp_path):
+    path = tmp_path / "junk_0000.nii.gz"
+    path.write_bytes(b"junk" * 10)
+    with pytest.raises(UnlabeledDataError, match=r"junk_0000.nii.gz: cannot be read \(.+\); replace the file"):
+        check_case_headers([str(path)], 3, SimpleITKIO())
+
+
+def test_folder_lock_second_holder_refused(tmp_path):
+    folder = str(tmp_path / "out")
+    with FolderLock(folder):
+        assert open(os.path.join(folder, LOCK_FILE)).read().split()[0] == str(os.getpid())
+        with pytest.raises(FolderLockedError, match=rf"out: another .* run \(pid {os.getpid()} on host "):
+            FolderLock(folder).acquire()
+    with FolderLock(folder):  # released
+        pass
+    assert open(os.path.join(folder, LOCK_FILE)).read() == ""
