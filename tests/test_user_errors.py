@@ -63,6 +63,38 @@ def test_first_new_folder(tmp_path):
     assert first_new_folder(str(fold), str(results)) is None
 
 
+# ---- plugin commands -------------------------------------------------------------------------------------
+@integration
+def test_make_splits_unknown_dataset_and_bad_regex(nnunet_dataset, tmp_path):
+    env = nnunet_dataset.env()
+    assert_user_error(run_cli(["nnUNetv2_sss_make_splits", "-d", 977, "--num-labeled", 2], env, expect_failure=True),
+                      "dataset '977'")
+    bad = run_cli(["nnUNetv2_sss_make_splits", "-d", nnunet_dataset.dataset_id, "--num-labeled", 2, "--group-regex",
+                   "case(", "--force"], env, expect_failure=True)
+    assert_user_error(bad, "--group-regex 'case('")
+    assert bad.returncode == 2
+
+
+@integration
+def test_converters_with_a_missing_folder(nnunet_dataset, tmp_path):
+    env = nnunet_dataset.env(nnUNet_raw=tmp_path / "raw", nnUNet_preprocessed=tmp_path / "preprocessed")
+    missing = tmp_path / "not_there"
+    assert_user_error(run_cli(["nnUNetv2_sss_convert_bhsd", "-i", missing, "-d", 950, "-n", 0], env,
+                              expect_failure=True), f"BHSD release folder {missing} does not exist")
+    assert_user_error(run_cli(["nnUNetv2_sss_convert_acdc", "-i", missing, "-d", 951], env, expect_failure=True),
+                      f"{missing}: neither training/ nor database/training/ exists")
+    assert not (tmp_path / "raw").exists()
+
+
+@integration
+def test_pretrain_cps4_without_preprocessed_data(nnunet_dataset, tmp_path):
+    env = nnunet_dataset.env(nnUNet_preprocessed=tmp_path / "empty", nnUNet_results=tmp_path / "results")
+    result = run_cli(["nnUNetv2_sss_pretrain_cps4", "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0,
+                      "--device", "cpu"], env, expect_failure=True)
+    assert_user_error(result, "nnUNetPlans.json does not exist", "nnUNetv2_plan_and_preprocess")
+    assert not (tmp_path / "results").exists()
+
+
 # ---- trainers: nnUNetv2_train (all cases start at once: each run is mostly start-up time) -----------------
 def _schedule(dataset, root, results):
     return dataset.env(nnUNet_results=results, nnUNet_sss_num_epochs="abc"), "nnUNetTrainerPlugin", "0"
@@ -182,35 +214,3 @@ def test_cps4_without_stage1(trainer_runs):
     run = trainer_runs["cps4"]
     assert_user_error(run.result, "cps4_stage1.pt", "nnUNetv2_sss_pretrain_cps4 -d Dataset901_Tiny -c 2d -f 0")
     assert list(run.results.iterdir()) == []
-
-
-# ---- plugin commands -------------------------------------------------------------------------------------
-@integration
-def test_make_splits_unknown_dataset_and_bad_regex(nnunet_dataset, tmp_path):
-    env = nnunet_dataset.env()
-    assert_user_error(run_cli(["nnUNetv2_sss_make_splits", "-d", 977, "--num-labeled", 2], env, expect_failure=True),
-                      "dataset '977'")
-    bad = run_cli(["nnUNetv2_sss_make_splits", "-d", nnunet_dataset.dataset_id, "--num-labeled", 2, "--group-regex",
-                   "case(", "--force"], env, expect_failure=True)
-    assert_user_error(bad, "--group-regex 'case('")
-    assert bad.returncode == 2
-
-
-@integration
-def test_converters_with_a_missing_folder(nnunet_dataset, tmp_path):
-    env = nnunet_dataset.env(nnUNet_raw=tmp_path / "raw", nnUNet_preprocessed=tmp_path / "preprocessed")
-    missing = tmp_path / "not_there"
-    assert_user_error(run_cli(["nnUNetv2_sss_convert_bhsd", "-i", missing, "-d", 950, "-n", 0], env,
-                              expect_failure=True), f"BHSD release folder {missing} does not exist")
-    assert_user_error(run_cli(["nnUNetv2_sss_convert_acdc", "-i", missing, "-d", 951], env, expect_failure=True),
-                      f"{missing}: neither training/ nor database/training/ exists")
-    assert not (tmp_path / "raw").exists()
-
-
-@integration
-def test_pretrain_cps4_without_preprocessed_data(nnunet_dataset, tmp_path):
-    env = nnunet_dataset.env(nnUNet_preprocessed=tmp_path / "empty", nnUNet_results=tmp_path / "results")
-    result = run_cli(["nnUNetv2_sss_pretrain_cps4", "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0,
-                      "--device", "cpu"], env, expect_failure=True)
-    assert_user_error(result, "nnUNetPlans.json does not exist", "nnUNetv2_plan_and_preprocess")
-    assert not (tmp_path / "results").exists()
