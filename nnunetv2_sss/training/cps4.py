@@ -23,9 +23,9 @@ from typing import Dict, Tuple
 import torch
 import torch.nn.functional as F
 
-from nnunetv2_sss.errors import UserRuntimeError
 from nnunetv2_sss.cps4.stage1_io import load_stage1, stage1_output_folder
 from nnunetv2_sss.cps4.text_labels import attention_to_label_map
+from nnunetv2_sss.errors import UserRuntimeError
 from nnunetv2_sss.ssl.soft_targets import enhanced_soft_target, soft_cross_entropy
 from nnunetv2_sss.training.semi_supervised import first_output, nnUNetTrainerSemiSupervised
 
@@ -44,7 +44,7 @@ class nnUNetTrainerCPS4(nnUNetTrainerSemiSupervised):
         super().__init__(plans, configuration, fold, dataset_json, device)
         if len(self.configuration_manager.patch_size) != 2:
             raise UserRuntimeError(f"{self.__class__.__name__} is 2-D only (CPS4's stage 1 works on slices); "
-                               f"train the '2d' configuration, not '{configuration}'.")
+                                   f"train the '2d' configuration, not '{configuration}'.")
         self.text_model = None
 
     def on_train_start(self):
