@@ -11,6 +11,7 @@ here, so the README's table of variables and this module stay the same list.
 | nnUNet_sss_sam2_config                | SAM-2 config name or YAML file (``sam2.1_hiera_s``)   |
 | nnUNet_sss_sam2_checkpoint            | SAM-2 ``.pt`` file or ``random`` (needed to train)    |
 | nnUNet_sss_text_encoder               | local folder of a Hugging Face text encoder (CPS4)    |
+| nnUNet_sss_seed                       | seeds Python, NumPy, torch, DA workers, trainer RNGs  |
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ VAL_ITERATIONS_PER_EPOCH = "nnUNet_sss_val_iterations_per_epoch"
 SAM2_CONFIG = "nnUNet_sss_sam2_config"
 SAM2_CHECKPOINT = "nnUNet_sss_sam2_checkpoint"
 TEXT_ENCODER = "nnUNet_sss_text_encoder"
+SEED = "nnUNet_sss_seed"
 
 DEFAULT_SAM2_CONFIG = "sam2.1_hiera_s"
 RANDOM_WEIGHTS = "random"
@@ -88,3 +90,19 @@ def require_sam2_checkpoint() -> str:
 def text_encoder() -> Optional[str]:
     """Local folder of a Hugging Face text encoder, ``None`` for the offline default."""
     return os.environ.get(TEXT_ENCODER, "").strip() or None
+
+
+def seed() -> Optional[int]:
+    """The training seed (a whole number >= 0), ``None`` when unset or empty (unseeded, nnU-Net's default)."""
+    raw = os.environ.get(SEED, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UserValueError(f"environment variable {SEED}={raw!r} is not an integer: set it to a whole number "
+                             f">= 0 or unset it") from None
+    if not 0 <= value < 2 ** 32:
+        raise UserValueError(f"environment variable {SEED}={raw!r} must be between 0 and 2**32 - 1: set it to a "
+                             f"whole number in that range or unset it")
+    return value

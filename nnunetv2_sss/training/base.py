@@ -2,6 +2,8 @@
 
 - the ``nnUNet_sss_*`` training-length overrides (``settings.py``);
 - atomic checkpoint files;
+- ``nnUNet_sss_seed``: one number seeds Python, NumPy, torch, the trainer's own generators and the
+  data-augmentation workers (``seed_everything``, ``training/seeding.py``);
 - extra checkpoint state through two hooks (``extra_checkpoint_state`` /
   ``load_extra_checkpoint_state``), which nnU-Net's ``save_checkpoint`` lacks;
 - known user errors (:class:`~nnunetv2_sss.errors.UserError`, e.g. a bad ``nnUNet_sss_*``
@@ -28,6 +30,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2_sss.errors import UserError, trainer_exit
 from nnunetv2_sss.training.checkpoint_io import save_atomically
 from nnunetv2_sss.training.schedule import apply_schedule_overrides
+from nnunetv2_sss.settings import seed as seed_setting
+from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -105,6 +109,7 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_schedule_overrides(self)
+        self.sss_seed = seed_setting()  # nnUNet_sss_seed (None: unseeded); applied by seed_everything
 
     def stop_on_user_error(self, error: UserError):
         """Stop the training on a known user error: workers shut down, a fold folder created by
@@ -122,6 +127,23 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         elif getattr(self, 'log_file', None) is not None and os.path.isdir(os.path.dirname(self.log_file)):
             self.print_to_log_file(f"ERROR: {error}", also_print_to_console=False)
         raise trainer_exit(error) from None
+
+    # ---- nnUNet_sss_seed (training/seeding.py) ---------------------------------------------
+    def seed_everything(self) -> None:
+        """Seed Python, NumPy, torch and the trainer's own generators from ``nnUNet_sss_seed``
+        (nothing when unset); called when the trainer is initialised, before the network is built."""
+        if self.sss_seed is not None:
+            seed_trainer(self, self.sss_seed)
+        self.print_to_log_file(describe_seed(self.sss_seed))
+
+    def initialize(self):
+        self.seed_everything()
+        super().initialize()
+
+    def on_train_epoch_start(self):
+        if self.sss_seed is not None:  # workers of augmenters that have not started yet (first epoch)
+            seed_augmenter_workers(self, self.sss_seed, self.current_epoch)
+        super().on_train_epoch_start()
 
     # ---- hooks for subclasses -------------------------------------------------------------
     def exported_network_weights(self) -> dict:
