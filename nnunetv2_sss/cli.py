@@ -82,18 +82,26 @@ def make_splits_entry() -> None:
 @user_errors
 def make_demo_dataset_entry() -> None:
     parser = argparse.ArgumentParser(
-        description="Build the built-in demo dataset (pseudo-subjects deformed from the MNI152 template "
-                    "shipped with nilearn) in nnUNet_raw.")
-    parser.add_argument("-d", type=int, default=990, help="dataset id (default 990)")
-    parser.add_argument("--labeled", type=int, default=8)
-    parser.add_argument("--unlabeled", type=int, default=12)
-    parser.add_argument("--test", type=int, default=4)
+        description="Build a built-in dataset (pseudo-subjects deformed from the MNI152 template shipped with "
+                    "nilearn) in nnUNet_raw: --task brain = grey/white matter (Dataset990_DemoBrain, the pipeline "
+                    "demo), --task lesion = CT-like haemorrhage cores with oedema rims (Dataset991_DemoLesion, "
+                    "the semi-supervised benchmark; nnunetv2_sss/data/lesion_dataset.py).")
+    parser.add_argument("--task", choices=("brain", "lesion"), default="brain", help="which dataset (default brain)")
+    parser.add_argument("-d", type=int, default=None, help="dataset id (default 990 brain, 991 lesion)")
+    parser.add_argument("--labeled", type=int, default=None, help="imagesTr cases (default 8 brain, 20 lesion)")
+    parser.add_argument("--unlabeled", type=int, default=None, help="imagesUnlabeled (default 12 brain, 20 lesion)")
+    parser.add_argument("--test", type=int, default=None, help="imagesTs cases (default 4 brain, 10 lesion)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     from nnunetv2.paths import nnUNet_raw
     from nnunetv2_sss.data.demo_dataset import build_demo_dataset
-    folder = build_demo_dataset(nnUNet_raw, args.d, args.labeled, args.unlabeled, args.test, args.seed)
+    from nnunetv2_sss.data.lesion_dataset import build_lesion_dataset
+    build, defaults = {"brain": (build_demo_dataset, (990, 8, 12, 4)),
+                       "lesion": (build_lesion_dataset, (991, 20, 20, 10))}[args.task]
+    values = [default if given is None else given
+              for given, default in zip((args.d, args.labeled, args.unlabeled, args.test), defaults)]
+    folder = build(nnunet_path(nnUNet_raw), *values, seed=args.seed)
     print(folder)
 
 

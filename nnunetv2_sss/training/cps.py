@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from nnunetv2_sss.ssl.cross_pseudo import cross_pseudo_supervision_loss
+from nnunetv2_sss.training.seeding import derived_seed
 from nnunetv2_sss.training.semi_supervised import first_output, nnUNetTrainerSemiSupervised
 from nnunetv2_sss.training.ssl4mis_baseline import SSL4MISSchedule
 
@@ -45,9 +46,11 @@ class nnUNetTrainerCPS(SSL4MISSchedule, nnUNetTrainerSemiSupervised):
 
     # ---- the second network --------------------------------------------------------------------
     def build_second_network(self) -> nn.Module:
-        """Network 2: same architecture as network 1, initialised under ``second_network_seed``."""
+        """Network 2: same architecture as network 1, initialised under ``second_network_seed`` (under a
+        seed derived from ``nnUNet_sss_seed`` when that is set, so runs of different seeds differ)."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.second_network_seed)
+            torch.manual_seed(self.second_network_seed if self.sss_seed is None
+                              else derived_seed(self.sss_seed, "second_network"))
             network = self.build_network_architecture(
                 self.plans_manager, self.configuration_manager, self.num_input_channels,
                 self.label_manager.num_segmentation_heads, self.enable_deep_supervision)

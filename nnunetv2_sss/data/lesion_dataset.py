@@ -1,0 +1,139 @@
+"""The built-in lesion benchmark: small CT-like haemorrhages with oedema in a deformed head.
+
+``nnUNetv2_sss_make_demo_dataset --task lesion`` (``Dataset991_DemoLesion``). Not clinical data.
+Every pseudo-subject starts as the demo dataset's head (:mod:`nnunetv2_sss.data.demo_dataset`:
+the MNI152 2009a template and its grey/white-matter maps from ``nilearn``, cropped and resampled
+to 3 x 3 mm in-plane and 6 mm slices, about 26 x 60 x 48 voxels, then a random affine + elastic
+deformation), rendered as a non-contrast head CT:
+
+- Hounsfield-like intensities from the deformed tissue maps: grey matter ~40 HU, white matter
+  ~30 HU, CSF ~8 HU, air -1000 HU, a skull of ~700-1100 HU (two voxels around the head);
+  a per-subject calibration offset (+-3 HU), correlated noise (sigma 3-8 HU) and a slight blur;
+- 1 or 2 lesions (one in 3 subjects has two) at random places in the brain (away from its
+  border), each an irregular blob: an ellipsoid of random radii (core 5-14 mm in-plane,
+  5-12 mm along the slices) whose surface is pushed in and out by smooth random noise;
+- label 1 = the lesion core, hyperdense like a fresh haemorrhage: +10 to +45 HU over the
+  tissue, with internal heterogeneity (so some lesions are faint);
+- label 2 = a rim around the core (3-9 mm wide, also irregular), hypodense like perilesional
+  oedema: -6 to -16 HU; the rim only exists inside the brain;
+- partial volume: the lesion intensities are blurred before they are added, the labels are the
+  sharp shapes; intensities and labels are written at the anisotropic CT-like voxel size.
+
+Splits: ``imagesTr``/``labelsTr`` (20 labeled), ``imagesUnlabeled`` (20), ``imagesTs``/``labelsTs``
+(10 held out); deterministic for ``seed``. The lesions are small (cores of about 1-10 cm^3,
+3-11 of the 26 slices), vary in position, size, shape and contrast: a task where 2-4 labeled cases fall short of
+what all labels reach, so unlabeled scans can matter. Still one anatomy seen through
+deformations and a simple lesion model: a benchmark for the methods, not a clinical claim.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from nnunetv2_sss.data.demo_dataset import IN_PLANE_MM, SLICE_MM, _crop_and_resample, _random_coordinates, _template
+
+DATASET_ID = 991
+DATASET_NAME = "DemoLesion"
+LABELS = {"background": 0, "lesion_core": 1, "lesion_rim": 2}
+SPACING_ZYX = np.array([SLICE_MM, IN_PLANE_MM, IN_PLANE_MM])
+
+
+def _smooth_noise(shape, rng: np.random.Generator, sigma_voxels) -> np.ndarray:
+    """Gaussian-filtered white noise scaled to [-1, 1]."""
+    field = ndimage.gaussian_filter(rng.normal(size=shape), sigma=sigma_voxels)
+    return field / (np.abs(field).max() + 1e-8)
+
+
+def _blob_level(shape, center_vox, radii_mm, rng: np.random.Generator, roughness: float) -> np.ndarray:
+    """``f(x) = |(x - c) / r| + roughness * noise(x)``: the blob is ``f <= 1``, ``f <= 1 + w`` a shell."""
+    grid = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij")
+    distance = np.sqrt(sum(((g - c) * s / r) ** 2 for g, c, s, r in zip(grid, center_vox, SPACING_ZYX, radii_mm)))
+    sigma = np.maximum(np.asarray(radii_mm) / SPACING_ZYX * 0.4, 0.5)  # bumps smaller than the blob
+    return distance + roughness * _smooth_noise(shape, rng, sigma)
+
+
+def _head_ct(t1, grey, white, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """CT-like HU image (without noise) and the brain mask of one deformed pseudo-subject."""
+    coordinates = _random_coordinates(t1.shape, rng)
+    warp = lambda a: ndimage.map_coordinates(a, coordinates, order=1, mode="constant")  # noqa: E731
+    t1_w, grey_w, white_w = warp(t1), warp(grey), warp(white)
+    head = t1_w > 0.05 * t1.max()
+    head = ndimage.binary_fill_holes(head)
+    csf = np.clip(1.0 - grey_w - white_w, 0, 1)
+    image = np.where(head, 40.0 * grey_w + 30.0 * white_w + 8.0 * csf, -1000.0)
+    in_plane = np.zeros((1, 3, 3), bool)
+    in_plane[0] = True
+    skull = ndimage.binary_dilation(head, in_plane, iterations=2) & ~head
+    image[skull] = rng.uniform(700, 1100)
+    brain = (grey_w + white_w) > 0.5
+    return image.astype(np.float32), brain
+
+
+def add_lesion(image: np.ndarray, label: np.ndarray, brain: np.ndarray, rng: np.random.Generator) -> None:
+    """One haemorrhage-like core (label 1) with an oedema-like rim (label 2), in place."""
+    interior = ndimage.binary_erosion(brain, iterations=2)
+    candidates = np.argwhere(interior if interior.any() else brain)
+    center = candidates[rng.integers(len(candidates))].astype(np.float32) + rng.uniform(-0.5, 0.5, 3)
+    radii = np.array([rng.uniform(5, 12), rng.uniform(5, 14), rng.uniform(5, 14)])
+    level = _blob_level(image.shape, center, radii, rng, roughness=rng.uniform(0.3, 0.7))
+    rim_width = rng.uniform(3.0, 9.0) / radii[1:].mean()
+    rim_level = level + 0.25 * rim_width * _smooth_noise(image.shape, rng, 1.0)
+    core = (level <= 1.0) & brain
+    if not core.any():  # a tiny blob that missed the brain: keep its central voxel
+        core[tuple(np.clip(np.round(center).astype(int), 0, np.array(image.shape) - 1))] = True
+    rim = (rim_level <= 1.0 + rim_width) & brain & ~core & (label != 1)
+    core_contrast = rng.uniform(10, 45)
+    heterogeneity = 1.0 + 0.25 * _smooth_noise(image.shape, rng, 0.8)
+    change = np.zeros(image.shape, np.float32)
+    change[core] = core_contrast * heterogeneity[core]
+    change[rim] = -rng.uniform(6, 16)
+    image += ndimage.gaussian_filter(change, sigma=(0.3, 0.6, 0.6))  # partial volume
+    label[rim & (label == 0)] = 2
+    label[core] = 1
+
+
+def make_lesion_subject(t1, grey, white, rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """One pseudo-subject ``(image float32 in HU, label uint8)`` from the resampled template."""
+    image, brain = _head_ct(t1, grey, white, rng)
+    label = np.zeros(image.shape, np.uint8)
+    for _ in range(1 + int(rng.uniform() < 1 / 3)):
+        add_lesion(image, label, brain, rng)
+    image += rng.uniform(-3, 3)
+    noise = ndimage.gaussian_filter(rng.normal(size=image.shape), sigma=(0.0, 0.7, 0.7))
+    image += rng.uniform(3, 8) * noise / (noise.std() + 1e-8)
+    return image.astype(np.float32), label
+
+
+def build_lesion_dataset(raw_root: str, dataset_id: int = DATASET_ID, num_labeled: int = 20,
+                         num_unlabeled: int = 20, num_test: int = 10, seed: int = 0) -> str:
+    """Write ``Dataset{id}_DemoLesion`` (imagesTr/labelsTr, imagesUnlabeled, imagesTs/labelsTs)
+    into ``raw_root``; deterministic for ``seed``. Returns the dataset folder."""
+    import SimpleITK as sitk
+
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{DATASET_NAME}")
+    t1, grey, white = _crop_and_resample(*_template())
+    rng = np.random.default_rng(seed)
+    plan = [("imagesTr", "labelsTr", "lesion")] * num_labeled + \
+        [("imagesUnlabeled", None, "unlabeled")] * num_unlabeled + [("imagesTs", "labelsTs", "test")] * num_test
+    for sub in {p[0] for p in plan} | {p[1] for p in plan if p[1]}:
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for index, (images, labels, prefix) in enumerate(plan):
+        image, label = make_lesion_subject(t1, grey, white, rng)
+        name = f"{prefix}_{index:03d}"
+        for array, path in ((image, os.path.join(folder, images, f"{name}_0000.nii.gz")),
+                            (label, os.path.join(folder, labels, f"{name}.nii.gz") if labels else None)):
+            if path is not None:
+                itk = sitk.GetImageFromArray(array)
+                itk.SetSpacing(tuple(float(s) for s in SPACING_ZYX[::-1]))
+                sitk.WriteImage(itk, path)
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump({"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": num_labeled,
+                   "file_ending": ".nii.gz", "name": DATASET_NAME,
+                   "description": "Synthetic haemorrhage-like lesions (core) with oedema-like rims in CT-like "
+                                  "pseudo-subjects deformed from the MNI152 2009a template (nilearn); see "
+                                  "nnunetv2_sss.data.lesion_dataset"}, f, indent=2)
+    return folder
