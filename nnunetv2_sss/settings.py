@@ -8,6 +8,7 @@ here, so the README's table of variables and this module stay the same list.
 | nnUNet_sss_num_epochs                 | overrides ``num_epochs`` of every plugin trainer      |
 | nnUNet_sss_iterations_per_epoch       | overrides ``num_iterations_per_epoch``                |
 | nnUNet_sss_val_iterations_per_epoch   | overrides ``num_val_iterations_per_epoch``            |
+| nnUNet_sss_save_every                 | write ``checkpoint_latest.pth`` every N epochs (1)    |
 | nnUNet_sss_sam2_config                | SAM-2 config name or YAML file (``sam2.1_hiera_s``)   |
 | nnUNet_sss_sam2_checkpoint            | SAM-2 ``.pt`` file or ``random`` (needed to train)    |
 | nnUNet_sss_text_encoder               | local folder of a Hugging Face text encoder (CPS4)    |
@@ -23,12 +24,14 @@ from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserVal
 NUM_EPOCHS = "nnUNet_sss_num_epochs"
 ITERATIONS_PER_EPOCH = "nnUNet_sss_iterations_per_epoch"
 VAL_ITERATIONS_PER_EPOCH = "nnUNet_sss_val_iterations_per_epoch"
+SAVE_EVERY = "nnUNet_sss_save_every"
 SAM2_CONFIG = "nnUNet_sss_sam2_config"
 SAM2_CHECKPOINT = "nnUNet_sss_sam2_checkpoint"
 TEXT_ENCODER = "nnUNet_sss_text_encoder"
 SEED = "nnUNet_sss_seed"
 
 DEFAULT_SAM2_CONFIG = "sam2.1_hiera_s"
+DEFAULT_SAVE_EVERY = 1
 RANDOM_WEIGHTS = "random"
 
 
@@ -58,6 +61,11 @@ def iterations_per_epoch() -> Optional[int]:
 
 def val_iterations_per_epoch() -> Optional[int]:
     return _positive_int(VAL_ITERATIONS_PER_EPOCH)
+
+
+def save_every() -> int:
+    """Epochs between two writes of ``checkpoint_latest.pth`` (default 1: every epoch)."""
+    return _positive_int(SAVE_EVERY) or DEFAULT_SAVE_EVERY
 
 
 def sam2_config() -> str:

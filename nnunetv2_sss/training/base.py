@@ -1,7 +1,9 @@
 """``nnUNetTrainerPlugin``: what every trainer of the plugin shares with nnU-Net's own.
 
 - the ``nnUNet_sss_*`` training-length overrides (``settings.py``);
-- atomic checkpoint files;
+- atomic checkpoint files, ``checkpoint_latest.pth`` after every epoch
+  (``nnUNet_sss_save_every``; nnU-Net's own cadence is 50 epochs), with the LR schedule and
+  every random generator's state, so ``--c`` after a crash loses at most the running epoch;
 - ``nnUNet_sss_seed``: one number seeds Python, NumPy, torch, the trainer's own generators and the
   data-augmentation workers (``seed_everything``, ``training/seeding.py``);
 - extra checkpoint state through two hooks (``extra_checkpoint_state`` /
@@ -20,18 +22,24 @@ import functools
 import inspect
 import os
 import shutil
+import sys
+from time import perf_counter
 from typing import Optional, Union
 
 import torch
 from torch._dynamo import OptimizedModule
 
+from batchgenerators.utilities.file_and_folder_operations import join
+
 from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2_sss.errors import UserError, trainer_exit
-from nnunetv2_sss.training.checkpoint_io import save_atomically
+from nnunetv2_sss import settings
+from nnunetv2_sss.training.checkpoint_io import capture_rng_state, restore_rng_state, save_atomically
 from nnunetv2_sss.training.schedule import apply_schedule_overrides
 from nnunetv2_sss.settings import seed as seed_setting
-from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer
+from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer, \
+    trainer_generators
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
@@ -98,6 +106,10 @@ def user_error_seam(method):
     return seam
 
 
+# what load_checkpoint takes from a saved LR schedule (its length and base lr come from the run)
+LR_SCHEDULE_COUNTERS = ('ctr', 'last_epoch', '_step_count', '_last_lr')
+
+
 class nnUNetTrainerPlugin(nnUNetTrainer):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -109,6 +121,9 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_schedule_overrides(self)
+        # nnU-Net's attribute, the plugin's cadence (see on_epoch_end); a subclass may set it too
+        self.save_every = settings.save_every()
+        self._rng_state_to_restore = None  # from load_checkpoint, put back when the next epoch starts
         self.sss_seed = seed_setting()  # nnUNet_sss_seed (None: unseeded); applied by seed_everything
 
     def stop_on_user_error(self, error: UserError):
@@ -161,6 +176,34 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         """The state dict to put into ``self.network`` when resuming."""
         return checkpoint['network_weights']
 
+    # ---- checkpoint cadence ----------------------------------------------------------------
+    def on_epoch_start(self):
+        if self._rng_state_to_restore is not None:  # first epoch after --c: the generators of the checkpoint
+            restore_rng_state(self._rng_state_to_restore, self.device, trainer_generators(self))
+            self._rng_state_to_restore = None
+        super().on_epoch_start()
+
+    def on_epoch_end(self):
+        """nnU-Net's epoch end (log, best checkpoint, progress.png, epoch counter), then
+        ``checkpoint_latest.pth`` every ``save_every`` completed epochs. nnU-Net writes it before
+        the best-checkpoint bookkeeping (``_best_ema``) of the epoch; the plugin writes it last,
+        so it holds the completed epoch whole. The last epoch is left to ``checkpoint_final.pth``."""
+        save_every, self.save_every = self.save_every, sys.maxsize  # nnU-Net's own write is skipped
+        try:
+            super().on_epoch_end()
+        finally:
+            self.save_every = save_every
+        completed = self.current_epoch  # nnU-Net's on_epoch_end has counted the epoch
+        if completed % self.save_every == 0 and completed < self.num_epochs and not self.disable_checkpointing:
+            started = perf_counter()
+            self.current_epoch -= 1  # save_checkpoint stores current_epoch + 1 (as nnU-Net's on_train_end does)
+            try:
+                self.save_checkpoint(join(self.output_folder, 'checkpoint_latest.pth'))
+            finally:
+                self.current_epoch += 1
+            self.print_to_log_file(f"checkpoint_latest.pth: {completed} epochs done "
+                                   f"(written in {perf_counter() - started:.3f} s)", also_print_to_console=True)
+
     # ---- nnU-Net's checkpoint I/O, atomic and with the hooks above -------------------------
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0:
@@ -178,6 +221,8 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
             'init_args': self.my_init_kwargs,
             'trainer_name': self.__class__.__name__,
             'inference_allowed_mirroring_axes': self.inference_allowed_mirroring_axes,
+            'lr_scheduler_state': self.lr_scheduler.state_dict() if self.lr_scheduler is not None else None,
+            'rng_state': capture_rng_state(self.device, trainer_generators(self)),
         }
         checkpoint.update(self.extra_checkpoint_state())
         save_atomically(checkpoint, filename)
@@ -203,7 +248,14 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         self.optimizer.load_state_dict(checkpoint['optimizer_state'])
         if self.grad_scaler is not None and checkpoint['grad_scaler_state'] is not None:
             self.grad_scaler.load_state_dict(checkpoint['grad_scaler_state'])
+        schedule = checkpoint.get('lr_scheduler_state')  # absent in checkpoints of older versions
+        if schedule and self.lr_scheduler is not None:
+            # the counters only: length and base lr come from this run (--c with more epochs extends the
+            # schedule); nnU-Net steps the schedule with current_epoch, restored above
+            self.lr_scheduler.__dict__.update({k: schedule[k] for k in LR_SCHEDULE_COUNTERS if k in schedule})
+        self._rng_state_to_restore = checkpoint.get('rng_state')
         self.load_extra_checkpoint_state(checkpoint)
+
 
 for _name in USER_ERROR_SEAMS:
     setattr(nnUNetTrainerPlugin, _name, user_error_seam(getattr(nnUNetTrainerPlugin, _name)))

@@ -249,16 +249,23 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
             self.teacher.decoder.deep_supervision = enabled
 
     # ---- checkpoints ------------------------------------------------------------------------------
+    # Each model is stored once: ``network_weights`` is the exported model (what nnUNetv2_predict
+    # loads), and only the other one is stored beside it, as ``student_weights`` (export_teacher)
+    # or ``teacher_weights`` (export_teacher = False). Checkpoints of earlier versions hold both
+    # keys next to ``network_weights``; they load the same way.
     def exported_network_weights(self) -> dict:
         return self.teacher.state_dict() if self.export_teacher else unwrap(self.network).state_dict()
 
     def extra_checkpoint_state(self) -> dict:
-        return {'student_weights': unwrap(self.network).state_dict(), 'teacher_weights': self.teacher.state_dict(),
-                'ssl_iteration': self.ssl_iteration}
+        other = {'student_weights': unwrap(self.network).state_dict()} if self.export_teacher else \
+            {'teacher_weights': self.teacher.state_dict()}
+        return {**other, 'ssl_iteration': self.ssl_iteration}
 
     def trained_network_weights(self, checkpoint: dict) -> dict:
+        """The student: ``student_weights`` if stored, else ``network_weights`` (the exported student)."""
         return checkpoint.get('student_weights', checkpoint['network_weights'])
 
     def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        """The teacher: ``teacher_weights`` if stored, else ``network_weights`` (the exported teacher)."""
         self.teacher.load_state_dict(checkpoint.get('teacher_weights', checkpoint['network_weights']))
         self.ssl_iteration = checkpoint.get('ssl_iteration', 0)
