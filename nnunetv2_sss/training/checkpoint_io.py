@@ -42,8 +42,8 @@ def _generator_state(generator):
 def _set_generator_state(generator, state) -> None:
     if isinstance(generator, np.random.Generator):
         generator.bit_generator.state = state
-    else:
-        generator.set_state(state)
+    else:  # a torch state loaded with map_location='cuda' must go back to the CPU first
+        generator.set_state(state.cpu() if torch.is_tensor(state) else state)
 
 
 def capture_rng_state(device: Optional[torch.device] = None, generators: Optional[Dict[str, object]] = None) -> dict:
