@@ -77,32 +77,45 @@ def make_subject(t1, grey, white, rng: np.random.Generator) -> Tuple[np.ndarray,
     return image.astype(np.float32), label
 
 
+def write_template_dataset(raw_root: str, dataset_id: int, name: str, make, counts: Tuple[int, int, int], seed: int,
+                           spacing_xyz: Tuple[float, float, float], dataset_json: dict) -> str:
+    """Write ``Dataset{id}_{name}`` into ``raw_root``: ``counts`` = (labeled, unlabeled, test) pseudo-subjects
+    ``make(t1, grey, white, rng) -> (image, label)`` of the resampled template, in that order, into
+    imagesTr/labelsTr, imagesUnlabeled and imagesTs/labelsTs, plus ``dataset_json`` (with ``name`` and
+    ``numTraining`` added); deterministic for ``seed``. Returns the dataset folder."""
+    import SimpleITK as sitk
+
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
+    t1, grey, white = _crop_and_resample(*_template())
+    rng = np.random.default_rng(seed)
+    num_labeled, num_unlabeled, num_test = counts
+    plan = [("imagesTr", "labelsTr", dataset_json["case_prefix"])] * num_labeled + \
+        [("imagesUnlabeled", None, "unlabeled")] * num_unlabeled + [("imagesTs", "labelsTs", "test")] * num_test
+    for sub in {p[0] for p in plan} | {p[1] for p in plan if p[1]}:
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for index, (images, labels, prefix) in enumerate(plan):
+        image, label = make(t1, grey, white, rng)
+        case = f"{prefix}_{index:03d}"
+        for array, path in ((image, os.path.join(folder, images, f"{case}_0000.nii.gz")),
+                            (label, os.path.join(folder, labels, f"{case}.nii.gz") if labels else None)):
+            if path is not None:
+                itk = sitk.GetImageFromArray(array)
+                itk.SetSpacing(tuple(float(s) for s in spacing_xyz))
+                sitk.WriteImage(itk, path)
+    description = {k: v for k, v in dataset_json.items() if k != "case_prefix"}
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump({"channel_names": description.pop("channel_names"), "labels": description.pop("labels"),
+                   "numTraining": num_labeled, "file_ending": ".nii.gz", "name": name, **description}, f, indent=2)
+    return folder
+
+
 def build_demo_dataset(raw_root: str, dataset_id: int = 990, num_labeled: int = 8, num_unlabeled: int = 12,
                        num_test: int = 4, seed: int = 0) -> str:
     """Write ``Dataset{id}_DemoBrain`` (imagesTr/labelsTr, imagesUnlabeled, imagesTs/labelsTs)
     into ``raw_root``; deterministic for ``seed``. Returns the dataset folder."""
-    import SimpleITK as sitk
-
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_DemoBrain")
-    t1, grey, white = _crop_and_resample(*_template())
-    rng = np.random.default_rng(seed)
-    spacing_xyz = (IN_PLANE_MM, IN_PLANE_MM, SLICE_MM)
-    plan = [("imagesTr", "labelsTr", "brain")] * num_labeled + [("imagesUnlabeled", None, "unlabeled")] * num_unlabeled \
-        + [("imagesTs", "labelsTs", "test")] * num_test
-    for sub in {p[0] for p in plan} | {p[1] for p in plan if p[1]}:
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    for index, (images, labels, prefix) in enumerate(plan):
-        image, label = make_subject(t1, grey, white, rng)
-        name = f"{prefix}_{index:03d}"
-        for array, path in ((image, os.path.join(folder, images, f"{name}_0000.nii.gz")),
-                            (label, os.path.join(folder, labels, f"{name}.nii.gz") if labels else None)):
-            if path is not None:
-                itk = sitk.GetImageFromArray(array)
-                itk.SetSpacing(spacing_xyz)
-                sitk.WriteImage(itk, path)
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump({"channel_names": {"0": "T1"}, "labels": LABELS, "numTraining": num_labeled,
-                   "file_ending": ".nii.gz", "name": "DemoBrain",
-                   "description": "Pseudo-subjects deformed from the MNI152 2009a template (nilearn); see "
-                                  "nnunetv2_sss.data.demo_dataset"}, f, indent=2)
-    return folder
+    return write_template_dataset(
+        raw_root, dataset_id, "DemoBrain", make_subject, (num_labeled, num_unlabeled, num_test), seed,
+        (IN_PLANE_MM, IN_PLANE_MM, SLICE_MM),
+        {"case_prefix": "brain", "channel_names": {"0": "T1"}, "labels": LABELS,
+         "description": "Pseudo-subjects deformed from the MNI152 2009a template (nilearn); see "
+                        "nnunetv2_sss.data.demo_dataset"})

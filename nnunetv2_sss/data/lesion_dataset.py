@@ -27,14 +27,12 @@ deformations and a simple lesion model: a benchmark for the methods, not a clini
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Tuple
 
 import numpy as np
 from scipy import ndimage
 
-from nnunetv2_sss.data.demo_dataset import IN_PLANE_MM, SLICE_MM, _crop_and_resample, _random_coordinates, _template
+from nnunetv2_sss.data.demo_dataset import IN_PLANE_MM, SLICE_MM, _random_coordinates, write_template_dataset
 
 DATASET_ID = 991
 DATASET_NAME = "DemoLesion"
@@ -112,28 +110,10 @@ def build_lesion_dataset(raw_root: str, dataset_id: int = DATASET_ID, num_labele
                          num_unlabeled: int = 20, num_test: int = 10, seed: int = 0) -> str:
     """Write ``Dataset{id}_DemoLesion`` (imagesTr/labelsTr, imagesUnlabeled, imagesTs/labelsTs)
     into ``raw_root``; deterministic for ``seed``. Returns the dataset folder."""
-    import SimpleITK as sitk
-
-    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{DATASET_NAME}")
-    t1, grey, white = _crop_and_resample(*_template())
-    rng = np.random.default_rng(seed)
-    plan = [("imagesTr", "labelsTr", "lesion")] * num_labeled + \
-        [("imagesUnlabeled", None, "unlabeled")] * num_unlabeled + [("imagesTs", "labelsTs", "test")] * num_test
-    for sub in {p[0] for p in plan} | {p[1] for p in plan if p[1]}:
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    for index, (images, labels, prefix) in enumerate(plan):
-        image, label = make_lesion_subject(t1, grey, white, rng)
-        name = f"{prefix}_{index:03d}"
-        for array, path in ((image, os.path.join(folder, images, f"{name}_0000.nii.gz")),
-                            (label, os.path.join(folder, labels, f"{name}.nii.gz") if labels else None)):
-            if path is not None:
-                itk = sitk.GetImageFromArray(array)
-                itk.SetSpacing(tuple(float(s) for s in SPACING_ZYX[::-1]))
-                sitk.WriteImage(itk, path)
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump({"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": num_labeled,
-                   "file_ending": ".nii.gz", "name": DATASET_NAME,
-                   "description": "Synthetic haemorrhage-like lesions (core) with oedema-like rims in CT-like "
-                                  "pseudo-subjects deformed from the MNI152 2009a template (nilearn); see "
-                                  "nnunetv2_sss.data.lesion_dataset"}, f, indent=2)
-    return folder
+    return write_template_dataset(
+        raw_root, dataset_id, DATASET_NAME, make_lesion_subject, (num_labeled, num_unlabeled, num_test), seed,
+        tuple(float(s) for s in SPACING_ZYX[::-1]),
+        {"case_prefix": "lesion", "channel_names": {"0": "CT"}, "labels": LABELS,
+         "description": "Synthetic haemorrhage-like lesions (core) with oedema-like rims in CT-like "
+                        "pseudo-subjects deformed from the MNI152 2009a template (nilearn); see "
+                        "nnunetv2_sss.data.lesion_dataset"})
