@@ -24,10 +24,8 @@ from torch.nn.modules.loss import CrossEntropyLoss
 from nnunetv2_sss.ssl.cross_pseudo import cross_pseudo_supervision_loss
 from nnunetv2_sss.ssl.mixup import mix_pairs, sample_mixup_factors, split_pairs
 from nnunetv2_sss.ssl.ssl4mis import iteration_rampup, normalised_entropy, sigmoid_rampup, teacher_input_noise
-from nnunetv2_sss.training.cps import nnUNetTrainerCPS
-from nnunetv2_sss.training.entropy_min import nnUNetTrainerEntropyMin
-from nnunetv2_sss.training.ict import nnUNetTrainerICT
-from nnunetv2_sss.training.mean_teacher import nnUNetTrainerMeanTeacher
+from nnunetv2_sss.training.trainers import (nnUNetTrainerCPS, nnUNetTrainerEntropyMin, nnUNetTrainerICT,
+                                             nnUNetTrainerMeanTeacher)
 
 BASELINES = [nnUNetTrainerMeanTeacher, nnUNetTrainerEntropyMin, nnUNetTrainerICT, nnUNetTrainerCPS]
 
@@ -135,6 +133,11 @@ def _bare_trainer(cls, **attributes):
     return trainer
 
 
+def _objective(trainer):
+    """The trainer's objective (``nnunetv2_sss/objectives``) on the bare trainer."""
+    return type(trainer).objective(trainer)
+
+
 def _images(batch, seed=0, channels=1, size=8):
     """Images min-max normalised per sample and channel to [0, 1], as SSL4MIS's slices."""
     x = torch.rand(batch, channels, size, size, generator=torch.Generator().manual_seed(seed))
@@ -194,7 +197,7 @@ def test_mean_teacher_loss_equals_ssl4mis():
     unlabeled = _images(4)
     trainer = _bare_trainer(nnUNetTrainerMeanTeacher, network=student, teacher=teacher)
     torch.manual_seed(7)
-    loss, figures = trainer.unlabeled_loss({'data': unlabeled})
+    loss, figures = _objective(trainer).unlabeled_loss({'data': unlabeled})
     torch.manual_seed(7)
     reference = ssl4mis_mean_teacher_consistency(student, teacher, unlabeled, iter_num=1000)
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
@@ -225,14 +228,14 @@ def test_entropy_min_loss_equals_ssl4mis(num_classes):
     network = _conv(3)
     labeled, unlabeled = _images(2, seed=1), _images(3, seed=2)
     trainer = _bare_trainer(nnUNetTrainerEntropyMin, network=network, loss=lambda output, target: output.sum() * 0,
-                            entropy_num_classes=num_classes, labeled_logits=None)
-    trainer.supervised_loss(labeled, None)
-    loss, _ = trainer.unlabeled_loss({'data': unlabeled})
+                            entropy_num_classes=num_classes)
+    objective = _objective(trainer)
+    _, labeled_output, _ = objective.supervised_loss(labeled, None)
+    loss, _ = objective.unlabeled_loss({'data': unlabeled}, labeled_output)
     # SSL4MIS: outputs_soft of the whole batch (labeled + unlabeled), C = 4 in the script
     outputs_soft = torch.softmax(network(torch.cat([labeled, unlabeled])), dim=1)
     reference = ssl4mis_entropy_loss(outputs_soft, C=num_classes or 3)
     assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
-    assert trainer.labeled_logits is None  # used once
     loss.backward()
     assert network.weight.grad is not None
 
@@ -253,7 +256,7 @@ def test_ict_loss_equals_ssl4mis(batch):
     unlabeled = _images(batch, seed=3)
     trainer = _bare_trainer(nnUNetTrainerICT, network=student, teacher=teacher,
                             mixup_rng=np.random.default_rng(11), mixup_alpha=0.2)
-    loss, _ = trainer.unlabeled_loss({'data': unlabeled})
+    loss, _ = _objective(trainer).unlabeled_loss({'data': unlabeled})
     pairs = batch // 2
     # SSL4MIS: labeled_bs // 2 pairs from an unlabeled batch of labeled_bs; np.random.beta(a, a, size=(n, 1, 1, 1))
     mix_factors = np.random.default_rng(11).beta(0.2, 0.2, size=(pairs, 1, 1, 1))
@@ -296,7 +299,7 @@ def test_cps_loss_equals_ssl4mis():
     network_1, network_2 = _conv(6), _conv(7)
     unlabeled = _images(3, seed=4)
     trainer = _bare_trainer(nnUNetTrainerCPS, network=network_1, network_b=network_2)
-    loss, figures = trainer.unlabeled_loss({'data': unlabeled})
+    loss, figures = _objective(trainer).unlabeled_loss({'data': unlabeled})
     supervision_1, supervision_2 = ssl4mis_cps_pseudo_supervision(network_1(unlabeled), network_2(unlabeled))
     assert loss.item() == pytest.approx((supervision_1 + supervision_2).item(), rel=1e-6)
     assert 0 <= figures['ssl_cps_agreement'] <= 1

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunetv2_sss.ssl.soft_targets import enhanced_soft_target, soft_cross_entropy
-from nnunetv2_sss.training.cps4 import nnUNetTrainerCPS4
+from nnunetv2_sss.training.trainers import nnUNetTrainerCPS4
 
 
 def _conv(seed, classes=3):
@@ -16,11 +16,12 @@ def _conv(seed, classes=3):
 
 
 def _cps4(student, teacher, text):
-    """The trainer without nnU-Net's __init__; ``text_labels`` returns the given ``y_text``."""
+    """The trainer's objective on the trainer without nnU-Net's __init__; ``text_labels`` returns the given
+    ``y_text``."""
     trainer = object.__new__(nnUNetTrainerCPS4)
     trainer.network, trainer.teacher, trainer.confidence_threshold = student, teacher, 0.95
     trainer.text_labels = lambda weak: text
-    return trainer
+    return nnUNetTrainerCPS4.objective(trainer)
 
 
 def test_soft_cross_entropy_equals_pytorch_probability_targets():

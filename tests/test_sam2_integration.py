@@ -105,7 +105,7 @@ import json, sys, torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2_sss.training.base import unwrap
-from nnunetv2_sss.training.sam2_trainer import nnUNetTrainerSAM2
+from nnunetv2_sss.training.trainers import nnUNetTrainerSAM2
 
 class nnUNetTrainerSAM2Frozen(nnUNetTrainerSAM2):
     freeze_encoder = True

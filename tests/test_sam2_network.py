@@ -17,7 +17,7 @@ from nnunetv2_sss.networks.sam2_config import (
 from nnunetv2_sss.networks.sam2_encoder import SAM2SliceEncoder, hiera_total_stride
 from nnunetv2_sss.networks.sam2_unet import SAM2UNet, configuration_level_strides, deep_supervision_scales
 from nnunetv2_sss.training.lr_schedule import warmup_cosine_factor
-from nnunetv2_sss.training.sam2_trainer import nnUNetTrainerSAM2
+from nnunetv2_sss.training.trainers import nnUNetTrainerSAM2
 from tiny_sam2 import TINY_IMAGE_ENCODER, random_encoder_state, write_sam2_checkpoint, write_tiny_config
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from nnunetv2_sss.networks.prompt_head import SAM2PromptHead, load_prompt_head_w
 from nnunetv2_sss.networks.sss_network import SSSNetwork
 from nnunetv2_sss.sss.pcsw import SlicePrompt
 from nnunetv2_sss.sss.refinement import prompt_coordinates
-from nnunetv2_sss.training.sss import mask_loss
+from nnunetv2_sss.objectives.sss import mask_loss
 from tiny_sam2 import TINY_IMAGE_ENCODER, write_sam2_checkpoint
 
 D_MODEL = TINY_IMAGE_ENCODER["neck"]["d_model"]

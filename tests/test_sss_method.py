@@ -128,8 +128,8 @@ def test_a_prompt_head_that_knows_nothing_adds_no_confident_voxel():
 
 # ---- 4. the four SSS trainers draw the same unlabeled batches -------------------------------------
 def test_sss_ablations_share_the_unlabeled_batches():
-    from nnunetv2_sss.training.sss import (nnUNetTrainerSSS, nnUNetTrainerSSS_baseline, nnUNetTrainerSSS_noDFE,
-                                           nnUNetTrainerSSS_noPCSW)
+    from nnunetv2_sss.training.trainers import (nnUNetTrainerSSS, nnUNetTrainerSSS_baseline, nnUNetTrainerSSS_noDFE,
+                                                nnUNetTrainerSSS_noPCSW)
     loader_settings = ("unlabeled_slabs_in_2d", "num_strong_views", "min_unlabeled_batch_size",
                        "cutmix_probability", "cutmix_area_range", "feature_dropout_probability")
     rows = {cls: tuple(getattr(cls, name) for name in loader_settings)

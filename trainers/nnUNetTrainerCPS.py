@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.cps import nnUNetTrainerCPS  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerCPS  # noqa: F401

@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.cps4 import nnUNetTrainerCPS4  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerCPS4  # noqa: F401

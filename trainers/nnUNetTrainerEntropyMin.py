@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.entropy_min import nnUNetTrainerEntropyMin  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerEntropyMin  # noqa: F401

@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.ict import nnUNetTrainerICT  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerICT  # noqa: F401

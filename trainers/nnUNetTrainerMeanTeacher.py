@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.mean_teacher import nnUNetTrainerMeanTeacher  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerMeanTeacher  # noqa: F401

@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.sam2_trainer import nnUNetTrainerSAM2  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerSAM2  # noqa: F401

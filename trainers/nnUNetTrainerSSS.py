@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.sss import nnUNetTrainerSSS  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerSSS  # noqa: F401

@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.sss import nnUNetTrainerSSS_noPCSW  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerSSS_noPCSW  # noqa: F401

@@ -1,1 +1,1 @@
-from nnunetv2_sss.training.unimatch_v2 import nnUNetTrainerUniMatchV2  # noqa: F401
+from nnunetv2_sss.training.trainers import nnUNetTrainerUniMatchV2  # noqa: F401

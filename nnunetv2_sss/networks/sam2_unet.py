@@ -166,6 +166,14 @@ class SAM2UNet(nn.Module):
     def forward(self, x: torch.Tensor):
         return self.decoder(self.encoder(x))
 
+    def to_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *spatial)`` -> the SAM-2 encoder's slices ``(B * S, C, H, W)``, slice-major per case."""
+        return self.encoder.sam2.to_slices(x)
+
+    def from_slices(self, slices: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Inverse of :meth:`to_slices`."""
+        return self.encoder.sam2.from_slices(slices, batch_size)
+
 
 def configuration_layout(configuration_manager) -> tuple[int, int]:
     """``(conv_dim, slice_axis)`` of an nnU-Net configuration: 2-D or 3-D from its patch size;

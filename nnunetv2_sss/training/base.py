@@ -27,7 +27,6 @@ from time import perf_counter
 from typing import Optional, Union
 
 import torch
-from torch._dynamo import OptimizedModule
 
 from batchgenerators.utilities.file_and_folder_operations import join
 
@@ -35,20 +34,14 @@ from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2_sss.errors import UserError, trainer_exit
 from nnunetv2_sss import settings
+from nnunetv2_sss.networks.passes import unwrap
+from nnunetv2_sss.networks.recipes import PlainRecipe
 from nnunetv2_sss.training.checkpoint_io import capture_rng_state, restore_rng_state, save_atomically
+from nnunetv2_sss.training.ddp import cpu_ddp_wrapping, rank_seed
 from nnunetv2_sss.training.schedule import apply_schedule_overrides
 from nnunetv2_sss.settings import seed as seed_setting
 from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer, \
     trainer_generators
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The plain module behind DDP and ``torch.compile`` wrappers."""
-    if isinstance(module, torch.nn.parallel.DistributedDataParallel):
-        module = module.module
-    if isinstance(module, OptimizedModule):
-        module = module._orig_mod
-    return module
 
 
 # methods through which nnU-Net (run_training.py) enters a trainer, plus on_train_start
@@ -111,6 +104,8 @@ LR_SCHEDULE_COUNTERS = ('ctr', 'last_epoch', '_step_count', '_last_lr')
 
 
 class nnUNetTrainerPlugin(nnUNetTrainer):
+    recipe = PlainRecipe()  # the network (networks/recipes.py)
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name in USER_ERROR_SEAMS:
@@ -125,6 +120,7 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         self.save_every = settings.save_every()
         self._rng_state_to_restore = None  # from load_checkpoint, put back when the next epoch starts
         self.sss_seed = seed_setting()  # nnUNet_sss_seed (None: unseeded); applied by seed_everything
+        self.recipe.prepare(self)
 
     def stop_on_user_error(self, error: UserError):
         """Stop the training on a known user error: workers shut down, a fold folder created by
@@ -143,21 +139,39 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
             self.print_to_log_file(f"ERROR: {error}", also_print_to_console=False)
         raise trainer_exit(error) from None
 
+    # ---- the network: the trainer's recipe (networks/recipes.py) ----------------------------
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        return cls.recipe.build(cls, plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                                enable_deep_supervision)
+
+    def _get_deep_supervision_scales(self):
+        scales = self.recipe.deep_supervision_scales(self) if self.enable_deep_supervision else None
+        return scales if scales is not None else super()._get_deep_supervision_scales()
+
+    def configure_optimizers(self):
+        return self.recipe.configure_optimizers(self) or super().configure_optimizers()
+
     # ---- nnUNet_sss_seed (training/seeding.py) ---------------------------------------------
     def seed_everything(self) -> None:
         """Seed Python, NumPy, torch and the trainer's own generators from ``nnUNet_sss_seed``
-        (nothing when unset); called when the trainer is initialised, before the network is built."""
+        (nothing when unset; each rank of a multi-GPU run its own stream); called when the trainer
+        is initialised, before the network is built."""
         if self.sss_seed is not None:
-            seed_trainer(self, self.sss_seed)
+            seed_trainer(self, rank_seed(self.sss_seed, self.local_rank))
         self.print_to_log_file(describe_seed(self.sss_seed))
 
     def initialize(self):
         self.seed_everything()
-        super().initialize()
+        self.recipe.before_initialize(self)
+        with cpu_ddp_wrapping(self.is_ddp and self.device.type != 'cuda'):
+            super().initialize()
+        self.recipe.after_initialize(self)
 
     def on_train_epoch_start(self):
         if self.sss_seed is not None:  # workers of augmenters that have not started yet (first epoch)
-            seed_augmenter_workers(self, self.sss_seed, self.current_epoch)
+            seed_augmenter_workers(self, rank_seed(self.sss_seed, self.local_rank), self.current_epoch)
         super().on_train_epoch_start()
 
     # ---- hooks for subclasses -------------------------------------------------------------
@@ -179,7 +193,10 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
     # ---- checkpoint cadence ----------------------------------------------------------------
     def on_epoch_start(self):
         if self._rng_state_to_restore is not None:  # first epoch after --c: the generators of the checkpoint
-            restore_rng_state(self._rng_state_to_restore, self.device, trainer_generators(self))
+            if self.local_rank == 0:
+                restore_rng_state(self._rng_state_to_restore, self.device, trainer_generators(self))
+            elif self.sss_seed is not None:  # the checkpoint holds rank 0's; the others continue on streams of their own
+                seed_trainer(self, rank_seed(self.sss_seed, self.local_rank, self.current_epoch))
             self._rng_state_to_restore = None
         super().on_epoch_start()
 
@@ -228,11 +245,14 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         save_atomically(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
-        if not self.was_initialized:
-            self.initialize()
+        # nnU-Net's own (2.8.1) cannot take a checkpoint dict and loads network_weights, which is the
+        # teacher for most trainers here (the student is student_weights)
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        self.recipe.before_load_checkpoint(self, checkpoint)
+        if not self.was_initialized:
+            self.initialize()
         network = unwrap(self.network)
         own_keys = network.state_dict().keys()
         weights = {(k[7:] if k not in own_keys and k.startswith('module.') else k): v

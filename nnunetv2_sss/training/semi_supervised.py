@@ -11,16 +11,23 @@
 - teacher, student and iteration counter in every checkpoint; the teacher's weights are
   the checkpoint's ``network_weights`` (what ``nnUNetv2_predict`` loads), and pseudo Dice
   and final validation use the teacher, unless ``export_teacher = False``;
-- per-epoch figures (unlabeled loss, confident-voxel share, ...) in the log and progress.png.
+- per-epoch figures (unlabeled loss, confident-voxel share, ...) in the log and progress.png;
+- multi-GPU (``-num_gpus N``): every student pass goes through the DDP-wrapped network (the
+  objectives call ``self.network(..., pass_=...)``), every trainable parameter gets a gradient
+  each step (:func:`~nnunetv2_sss.training.ddp.touch_every_parameter`), each rank draws its own
+  unlabeled batch of the per-rank batch size nnU-Net gives the labeled one (2-D slabs: the
+  global length, see :meth:`unlabeled_share`), and the teacher is compared across ranks every
+  ``replica_check_every`` iterations.
 
-Subclasses implement :meth:`unlabeled_loss` and set class attributes.
+A trainer names its objective (``objective = UniMatchV2Objective``, ``nnunetv2_sss/objectives``)
+and sets class attributes (the objective reads them).
 """
 from __future__ import annotations
 
 import math
 import os
 from contextlib import contextmanager
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -35,18 +42,16 @@ from nnunetv2_sss.data.splits import hidden_label_cases
 from nnunetv2_sss.data.unlabeled_loader import UnlabeledDataLoader, UnlabeledImages
 from nnunetv2_sss.data.unlabeled_preprocessing import done_cases, unlabeled_folder
 from nnunetv2_sss.errors import UserRuntimeError
+from nnunetv2_sss.objectives.base import Objective
 from nnunetv2_sss.ssl.ema import ema_momentum, ema_update, make_teacher
 from nnunetv2_sss.ssl.views import strong_view_transforms, weak_view_transforms
 from nnunetv2_sss.training.base import nnUNetTrainerPlugin, unwrap
+from nnunetv2_sss.training.ddp import check_replicas_equal, touch_every_parameter
 from nnunetv2_sss.training.progress import SemiSupervisedLocalLogger
 
 
-def first_output(output):
-    """Full-resolution logits of a network output (deep supervision returns a list)."""
-    return output[0] if isinstance(output, (list, tuple)) else output
-
-
 class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
+    objective = Objective               # the method (nnunetv2_sss/objectives); subclasses name theirs
     ema_decay = 0.996
     unlabeled_loss_weight = 1.0
     unlabeled_rampup_fraction = 0.0   # share of num_epochs over which w ramps up (sigmoid)
@@ -55,23 +60,21 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     min_unlabeled_batch_size = 1
     unlabeled_slabs_in_2d = False     # 2-D: unlabeled batch = consecutive slices of one case
     export_teacher = True
-    # logger key -> legend; subclasses extend with their own figures
-    ssl_figures = {'ssl_unlabeled_loss': 'unlabeled loss', 'ssl_confident_share': 'confident voxel share',
-                   'ssl_unlabeled_weight': 'unlabeled loss weight'}
+    gradient_clip_norm = 12.0         # nnU-Net's
+    replica_check_every = 50          # iterations between teacher checksums across ranks (multi-GPU)
+    # logger key -> legend; the objective's own figures are added
+    base_figures = {'ssl_unlabeled_loss': 'unlabeled loss', 'ssl_confident_share': 'confident voxel share',
+                    'ssl_unlabeled_weight': 'unlabeled loss weight'}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.is_ddp:
-            raise RuntimeError(
-                f"{self.__class__.__name__} runs the student more than once per step (labeled batch, unlabeled views, "
-                f"encoder and decoder separately), which DistributedDataParallel does not synchronise correctly; "
-                f"multi-GPU training of the semi-supervised trainers is not supported: use -num_gpus 1.")
         self.teacher = None
         self.ssl_iteration = 0
         self.dataloader_unlabeled = None
-        self.step_figures = {}
+        self.ssl_figures = {**self.base_figures, **self.objective.figures}
         self.logger.local_logger = SemiSupervisedLocalLogger(self.ssl_figures)
+        self.ssl_objective = self.objective(self)
 
     # ---- set-up ------------------------------------------------------------------------------
     def initialize(self):
@@ -111,12 +114,14 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         patch_size = tuple(self.configuration_manager.patch_size)
-        batch_size = max(self.batch_size, self.min_unlabeled_batch_size)
+        slabs = self.unlabeled_slabs_in_2d and len(patch_size) == 2
+        # per rank: nnU-Net's per-rank batch size; a 2-D slab keeps the global length (unlabeled_share)
+        batch_size = max(self.configuration_manager.batch_size if slabs else self.batch_size,
+                         self.min_unlabeled_batch_size)
         loader = UnlabeledDataLoader(
             images, batch_size, initial_patch_size, patch_size,
             self.label_manager, weak_view_transforms(patch_size, rotation, mirror_axes, dummy_2d),
-            strong_view_transforms(), self.num_strong_views,
-            slab_size=batch_size if self.unlabeled_slabs_in_2d and len(patch_size) == 2 else None)
+            strong_view_transforms(), self.num_strong_views, slab_size=batch_size if slabs else None)
         self.print_to_log_file(f"Unlabeled pool: {len(images)} cases, batch size {loader.batch_size}")
         processes = get_allowed_n_proc_DA()
         if processes == 0:
@@ -146,53 +151,61 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         t = min(1.0, self.current_epoch / rampup_epochs)
         return self.unlabeled_loss_weight * math.exp(-5.0 * (1.0 - t) ** 2)
 
-    @torch.no_grad()
-    def teacher_probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Teacher's softmax ``(B, K, *spatial)`` on ``x`` (full resolution output)."""
-        return torch.softmax(first_output(self.teacher(x)).float(), 1)
+    def unlabeled_share(self) -> slice:
+        """The part of an unlabeled batch this rank trains the student on: all of it, except for a
+        2-D slab in a multi-GPU run (the slab keeps the global batch length, so PCSW's windows are
+        those of one GPU; the pseudo-labels come from the whole slab, the student sees every
+        ``world_size``-th slice, from this rank's position on)."""
+        if not (self.is_ddp and self.unlabeled_slabs_in_2d and len(self.configuration_manager.patch_size) == 2):
+            return slice(None)
+        return slice(self.local_rank, None, torch.distributed.get_world_size())
 
-    def supervised_loss(self, data: torch.Tensor, target) -> torch.Tensor:
-        """nnU-Net's own loss (Dice + CE, deep supervision) on the labeled batch."""
-        return self.loss(self.network(data), target)
-
-    def unlabeled_loss(self, unlabeled: dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """The method's unlabeled loss on one unlabeled batch (already on the device) and its
-        figures, a dict with at least ``ssl_confident_share``."""
-        raise NotImplementedError
+    def trained_modules(self) -> List[torch.nn.Module]:
+        """The networks the optimiser trains (CPS: two)."""
+        return [self.network]
 
     def train_step(self, batch: dict) -> dict:
+        """One step: the objective's losses, ``L = L_l + w L_u``, backward, clipping, optimiser, EMA.
+        ``batch['unlabeled']``, when given, is the unlabeled batch (else the unlabeled loader's next)."""
         data = batch['data'].to(self.device, non_blocking=True)
         target = batch['target']
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
+        unlabeled = batch['unlabeled'] if 'unlabeled' in batch else next(self.dataloader_unlabeled)
         unlabeled = {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v)
-                     for k, v in next(self.dataloader_unlabeled).items()}
+                     for k, v in unlabeled.items()}
         weight = self.unlabeled_weight()
 
-        self.step_figures = {}  # figures any hook of this step may add
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            loss_labeled = self.supervised_loss(data, target)
-            loss_unlabeled, figures = self.unlabeled_loss(unlabeled)
+            loss_labeled, labeled_output, labeled_figures = self.ssl_objective.supervised_loss(data, target)
+            loss_unlabeled, figures = self.ssl_objective.unlabeled_loss(unlabeled, labeled_output)
             if not torch.isfinite(loss_unlabeled):
                 self.print_to_log_file(f"WARNING: non-finite unlabeled loss at iteration {self.ssl_iteration} "
                                        f"(cases {unlabeled['keys']}); this batch's unlabeled loss is skipped.")
                 loss_unlabeled = torch.zeros((), device=self.device)
             loss = loss_labeled + weight * loss_unlabeled
+            if self.is_ddp:
+                loss = loss + touch_every_parameter(self.trained_modules())
 
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.clip_gradients()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.clip_gradients()
             self.optimizer.step()
         self.update_teacher()
         return {'loss': loss.detach().cpu().numpy(), 'ssl_unlabeled_loss': float(loss_unlabeled.detach()),
-                'ssl_unlabeled_weight': weight, **figures, **self.step_figures}
+                'ssl_unlabeled_weight': weight, **labeled_figures, **figures}
+
+    def clip_gradients(self) -> None:
+        """nnU-Net's clipping (norm 12), per trained network."""
+        for module in self.trained_modules():
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.gradient_clip_norm)
 
     def update_teacher(self) -> None:
         """EMA step; skipped (with a log line) if the student holds non-finite weights."""
@@ -203,6 +216,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         else:
             ema_update(self.teacher, student, ema_momentum(self.ssl_iteration, self.ema_decay))
         self.ssl_iteration += 1
+        if self.is_ddp and self.ssl_iteration % self.replica_check_every == 0:
+            check_replicas_equal(self.teacher, f"the EMA teacher (iteration {self.ssl_iteration})", self.device)
 
     # ---- logging ------------------------------------------------------------------------------
     def on_train_epoch_end(self, train_outputs: List[dict]):

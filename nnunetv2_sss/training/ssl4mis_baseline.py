@@ -1,4 +1,4 @@
-"""``SSL4MISSchedule``: the unlabeled-loss weight of the SSL4MIS baselines (Mean Teacher, Entropy
+"""``nnUNetTrainerSSL4MISBaseline``: the unlabeled-loss weight of the SSL4MIS baselines (Mean Teacher, Entropy
 Minimisation, ICT, CPS) on nnU-Net's schedule.
 
 SSL4MIS (github.com/HiLab-git/SSL4MIS, ``code/train_*_2D.py``) trains 30000 iterations with
@@ -16,10 +16,11 @@ SSL4MIS (github.com/HiLab-git/SSL4MIS, ``code/train_*_2D.py``) trains 30000 iter
 from __future__ import annotations
 
 from nnunetv2_sss.ssl.ssl4mis import SSL4MIS_RAMPUP_LENGTH, iteration_rampup
+from nnunetv2_sss.training.semi_supervised import nnUNetTrainerSemiSupervised
 
 
-class SSL4MISSchedule:
-    """Mixin placed before ``nnUNetTrainerSemiSupervised``; replaces its epoch-based ramp-up."""
+class nnUNetTrainerSSL4MISBaseline(nnUNetTrainerSemiSupervised):
+    """The base of the SSL4MIS baselines; replaces the epoch-based ramp-up of its base."""
     unlabeled_loss_weight = 0.2                    # 2 x SSL4MIS's consistency 0.1 (module docstring)
     unlabeled_rampup_fraction = 1.0                # share of all training iterations
     rampup_length = SSL4MIS_RAMPUP_LENGTH          # steps of the ramp (SSL4MIS's consistency_rampup)

@@ -1,0 +1,79 @@
+"""The parts of nnU-Net that the plugin's trainer base (``training/base.py``, ``training/ddp.py``,
+``training/semi_supervised.py``) relies on beyond nnU-Net's documented seams. The plugin pins the
+nnunetv2 versions it was checked against in setup.cfg; after an upgrade, a failure here names
+the internal that changed and the plugin code that depends on it."""
+import inspect
+
+import pytest
+from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as trainer_module
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.logging.nnunet_logger import LocalLogger, MetaLogger
+
+# (what, check, the plugin code that uses it)
+METHODS = [
+    ("__init__", ["self", "plans", "configuration", "fold", "dataset_json", "device"],
+     "every trainer's __init__ and base.user_error_seam (binds plans/configuration/fold)"),
+    ("initialize", ["self"], "base.initialize (seed, recipe, CPU DDP wrap around nnU-Net's)"),
+    ("build_network_architecture", ["plans_manager", "configuration_manager", "num_input_channels",
+                                    "num_output_channels", "enable_deep_supervision"],
+     "base.build_network_architecture -> networks/recipes.py"),
+    ("_get_deep_supervision_scales", ["self"], "base._get_deep_supervision_scales"),
+    ("configure_optimizers", ["self"], "base.configure_optimizers, CPS's second parameter group"),
+    ("_set_batch_size_and_oversample", ["self"], "semi_supervised.get_unlabeled_dataloader (per-rank batch)"),
+    ("set_deep_supervision_enabled", ["self", "enabled"], "semi_supervised / CPS (teacher, network_b)"),
+    ("save_checkpoint", ["self", "filename"], "base.save_checkpoint (replaced: atomic, extra state)"),
+    ("load_checkpoint", ["self", "filename_or_checkpoint"], "base.load_checkpoint (replaced: student weights)"),
+    ("on_epoch_end", ["self"], "base.on_epoch_end (checkpoint cadence via save_every)"),
+    ("on_train_epoch_end", ["self", "train_outputs"], "semi_supervised.on_train_epoch_end (figures)"),
+    ("configure_rotation_dummyDA_mirroring_and_inital_patch_size", ["self"],
+     "semi_supervised.get_unlabeled_dataloader (weak view like the labeled one)"),
+    ("perform_actual_validation", ["self", "save_probabilities"], "semi_supervised (validates the teacher)"),
+]
+INSTANCE_ATTRIBUTES = ["is_ddp", "local_rank", "device", "grad_scaler", "save_every", "disable_checkpointing",
+                       "my_init_kwargs", "_best_ema", "current_epoch", "num_epochs", "num_iterations_per_epoch",
+                       "logger", "configuration_manager", "plans_manager", "label_manager", "batch_size",
+                       "enable_deep_supervision", "output_folder", "inference_allowed_mirroring_axes"]
+
+
+@pytest.mark.parametrize("name, parameters, user", METHODS, ids=[m[0] for m in METHODS])
+def test_trainer_methods(name, parameters, user):
+    method = getattr(nnUNetTrainer, name, None)
+    assert method is not None, f"nnUNetTrainer.{name} is gone; used by {user}"
+    found = list(inspect.signature(method).parameters)
+    assert found[:len(parameters)] == parameters, \
+        f"nnUNetTrainer.{name}{found} no longer takes {parameters}; used by {user}"
+
+
+def test_trainer_attributes_set_in_init():
+    source = inspect.getsource(nnUNetTrainer.__init__) + inspect.getsource(nnUNetTrainer._set_batch_size_and_oversample)
+    missing = [a for a in INSTANCE_ATTRIBUTES if f"self.{a} =" not in source and f"self.{a}=" not in source]
+    assert not missing, f"nnUNetTrainer.__init__ no longer sets {missing} (base.py, semi_supervised.py use them)"
+
+
+def test_ddp_wrap_is_a_module_global():
+    """training/ddp.cpu_ddp_wrapping swaps the module's ``DDP`` name while nnU-Net's initialize wraps."""
+    assert getattr(trainer_module, "DDP", None) is torch_ddp(), \
+        "nnunetv2.training.nnUNetTrainer.nnUNetTrainer no longer imports DDP at module level (training/ddp.py)"
+    assert "DDP(self.network, device_ids=[self.local_rank])" in inspect.getsource(nnUNetTrainer.initialize), \
+        "nnU-Net's initialize wraps the network differently now (training/ddp.py, CPS's wrap_for_ddp)"
+
+
+def torch_ddp():
+    from torch.nn.parallel import DistributedDataParallel
+    return DistributedDataParallel
+
+
+def test_checkpoint_keys_nnunet_reads():
+    """base.save_checkpoint writes nnU-Net's keys itself; the predictor and --c read these."""
+    source = inspect.getsource(nnUNetTrainer.save_checkpoint)
+    for key in ("network_weights", "optimizer_state", "grad_scaler_state", "logging", "_best_ema", "current_epoch",
+                "init_args", "trainer_name", "inference_allowed_mirroring_axes"):
+        assert f"'{key}'" in source, f"nnU-Net's checkpoint has no '{key}' any more (base.save_checkpoint writes it)"
+
+
+def test_logger_internals():
+    """training/progress.py extends LocalLogger (figures in the log and progress.png)."""
+    assert hasattr(LocalLogger, "plot_progress_png") and hasattr(LocalLogger, "load_checkpoint")
+    assert "self.local_logger = LocalLogger(" in inspect.getsource(MetaLogger.__init__), \
+        "nnU-Net's MetaLogger no longer holds a LocalLogger as local_logger (semi_supervised.py replaces it)"
+    assert "self.local_logger.plot_progress_png(" in inspect.getsource(MetaLogger.plot_progress_png)
