@@ -1,16 +1,21 @@
 """``nnUNetv2_sss_study``: summary statistics (unit) and a tiny study through the real commands
-(integration: finishes, writes its outputs, resumes without retraining, same seed -> same Dice)."""
+(integration: killed with SIGKILL and started again, it resumes without retraining the finished
+run, redoes the half-written one, and the same seed gives the same model and Dice on CPU)."""
 from __future__ import annotations
 
 import csv
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from helpers import run_cli
+from helpers import BIN, run_cli
 from nnunetv2_sss.evaluation.study import (ALL, gap_closed, mean_std, paired_comparison, parse_counts, plan_runs,
                                            summary_markdown, values_by_seed)
 
@@ -107,47 +112,120 @@ def _read_rows(out) -> list:
         return list(csv.DictReader(f))
 
 
+def _wait_for(condition, process, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the study exited ({process.returncode}) before {what}")
+        if time.time() > deadline:
+            pytest.fail(f"no {what} after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
+def _processes_naming(text: str) -> list:
+    """Command lines of the running processes that contain ``text``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in command and int(pid) != os.getpid():
+            found.append(f"{pid}: {command}")
+    return found
+
+
+def _state(checkpoint) -> dict:
+    import torch
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return {k: v for k, v in saved.items() if k.endswith("_weights")}  # network_weights (+ student_weights)
+
+
 @pytest.mark.integration
-def test_study_resumes_without_retraining_and_same_seed_same_dice(nnunet_dataset, tmp_path):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG")
+def test_study_killed_resumes_without_retraining_and_same_seed_same_model(nnunet_dataset, tmp_path):
+    """SIGKILL the study once its first run is done and its second run has trained (the second run has
+    a complete model but no marker), start it again: the first run is not retrained, the second is redone
+    from scratch, and, trained again with the same seed on CPU, gives bit-identical weights and
+    validation Dice (so the same test Dice); the outputs are complete."""
     env = nnunet_dataset.env()
     out = tmp_path / "study"
     trainers = [SUPERVISED, SEMI]
-    first = run_cli(_study(nnunet_dataset, out, trainers, 2, "--max-runs", 1), env)
-    assert "stopped after 1 runs" in first.stdout
-    assert len(_read_rows(out)) == 1
+    command = [str(c) for c in _study(nnunet_dataset, out, trainers, 1)]
     group = out / "runs" / "n2_s0"
-    checkpoint = group / "nnUNet_results" / nnunet_dataset.dataset_name / \
-        f"{SUPERVISED}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
-    trained_at = os.stat(checkpoint).st_mtime_ns
-    # a half-written second run (killed before its marker): must be redone, its leftovers removed
-    stale = group / "predictions" / SEMI / "stale_case.nii.gz"
-    stale.parent.mkdir(parents=True)
+    folds = {t: group / "nnUNet_results" / nnunet_dataset.dataset_name / f"{t}__nnUNetPlans__2d" / "fold_0"
+             for t in trainers}
+    markers = {t: group / "done" / f"{t}.json" for t in trainers}
+    second_trained = group / "logs" / f"{SEMI}_predict.log"  # written when SEMI's nnUNetv2_train has exited 0
+
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen([os.path.join(BIN, command[0])] + command[1:], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: markers[SUPERVISED].exists(), process, 600, f"done marker of {SUPERVISED}")
+            first_done = {"checkpoint": os.stat(folds[SUPERVISED] / "checkpoint_final.pth").st_mtime_ns,
+                          "files": {p.name: p.stat().st_mtime_ns for p in folds[SUPERVISED].iterdir()},
+                          "marker": markers[SUPERVISED].read_text()}
+            _wait_for(second_trained.exists, process, 600, f"end of {SEMI}'s training")
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+    assert process.returncode == -signal.SIGKILL
+    killed_output = (tmp_path / "killed.log").read_text()
+    assert f"{SUPERVISED}, 2 labeled, seed 0: mean Dice" in killed_output
+    assert not markers[SEMI].exists(), "the second run finished before the kill: nothing half-written to test"
+    deadline = time.time() + 20  # the killed study's children (its nnUNetv2_predict) die with it
+    while _processes_naming(str(out)) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_naming(str(out)), _processes_naming(str(out))
+    killed_model = _state(folds[SEMI] / "checkpoint_final.pth")
+    killed_validation = json.loads((folds[SEMI] / "validation" / "summary.json").read_text())["mean"]
+    stale = group / "predictions" / SEMI / "stale_case.nii.gz"  # leftovers of the half-written run
+    stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"not an image")
 
-    second = run_cli(_study(nnunet_dataset, out, trainers, 2), env)
-    assert "1 already done" in second.stdout
-    assert f"{SUPERVISED}, 2 labeled, seed 0: training" not in second.stdout
-    assert os.stat(checkpoint).st_mtime_ns == trained_at  # not trained again
+    second = run_cli(command, env)
+    assert "2 runs (2 trainers x 1 labeled counts x 1 seeds), 1 already done" in second.stdout, second.stdout
+    assert f"{SUPERVISED}, 2 labeled, seed 0: training" not in second.stdout  # not retrained
+    assert f"[2/2] {SEMI}, 2 labeled, seed 0: training" in second.stdout
+    assert markers[SUPERVISED].read_text() == first_done["marker"]
+    assert os.stat(folds[SUPERVISED] / "checkpoint_final.pth").st_mtime_ns == first_done["checkpoint"]
+    assert {p.name: p.stat().st_mtime_ns for p in folds[SUPERVISED].iterdir()} == first_done["files"]
     assert not stale.exists()
+
+    # redone from scratch with the same seed (CPU, nnUNet_n_proc_DA=0): the same model, the same Dice
+    redone_model = _state(folds[SEMI] / "checkpoint_final.pth")
+    assert redone_model.keys() == killed_model.keys()
+    for name in killed_model:
+        assert killed_model[name].keys() == redone_model[name].keys()
+        for key, tensor in killed_model[name].items():
+            assert (tensor == redone_model[name][key]).all(), f"{name}.{key} differs"
+    redone_validation = json.loads((folds[SEMI] / "validation" / "summary.json").read_text())["mean"]
+    for label, metrics in killed_validation.items():
+        assert metrics["Dice"] == pytest.approx(redone_validation[label]["Dice"], abs=1e-9, nan_ok=True), label
+
     rows = _read_rows(out)
-    assert sorted((r["trainer"], r["seed"]) for r in rows) == sorted((t, s) for t in trainers for s in ("0", "1"))
+    assert sorted(r["trainer"] for r in rows) == sorted(trainers)
+    assert all(r["evaluated_on"] == "test" and r["iterations"] == "2" and r["seed"] == "0" for r in rows)
+    assert all(0 <= float(r["dice_mean"]) <= 100 for r in rows)
     for name in ("summary.md", "learning_curve.png"):
         assert (out / name).stat().st_size > 0
     summary = (out / "summary.md").read_text()
+    assert "runs completed: 2 of 2" in summary
     assert f"| {SEMI} | 2 |" in summary and "wins" in summary
-    assert all(r["evaluated_on"] == "test" and r["iterations"] == "2" for r in rows)
-    # different seeds draw different labeled cases
-    labeled = {r["seed"]: r["labeled_cases"] for r in rows if r["trainer"] == SUPERVISED}
-    assert labeled["0"] != labeled["1"]
 
-    # the same seed again, in another output folder: the same test Dice (CPU, nnUNet_n_proc_DA=0)
-    again = tmp_path / "again"
-    run_cli(_study(nnunet_dataset, again, [SUPERVISED], 1), env)
-    before = next(r for r in rows if r["trainer"] == SUPERVISED and r["seed"] == "0")
-    after = _read_rows(again)[0]
-    assert after["labeled_cases"] == before["labeled_cases"]
-    for column in ("dice_mean", "dice_tissue_a", "dice_tissue_b"):
-        assert abs(float(after[column]) - float(before[column])) < 1e-6, column
+
+def test_seeds_draw_different_labeled_cases(tmp_path):
+    """The study's groups differ in their labeled cases from seed to seed (make_splits --seed S)."""
+    from nnunetv2_sss.data.splits import make_semi_supervised_splits
+    labeled = set()
+    for seed in range(3):
+        folder = tmp_path / str(seed)
+        folder.mkdir()
+        labeled.add(tuple(sorted(make_semi_supervised_splits(str(folder), [f"c{i}" for i in range(10)],
+                                                             num_labeled=2, seed=seed)[0]["labeled"])))
+    assert len(labeled) == 3
 
 
 @pytest.mark.integration
