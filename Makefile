@@ -1,10 +1,12 @@
 # nnunetv2-sss: `make demo` runs the main job end to end, `make test` runs the test suite.
 # Both create the project-local virtual environment .venv/ first if it is absent.
+# make demo DEMO_ARGS="--task brain -tr nnUNetTrainerMeanTeacher": options of nnUNetv2_sss_demo (see its --help).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nnunetv2_sss_installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: install demo test benchmarks clean-demo
 
@@ -23,7 +25,7 @@ $(STAMP): setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: install
-	$(VENV)/bin/nnUNetv2_sss_demo --workdir demo_work
+	$(VENV)/bin/nnUNetv2_sss_demo --workdir demo_work $(DEMO_ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
