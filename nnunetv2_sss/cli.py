@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from nnunetv2_sss.errors import UserFileNotFoundError, dataset_name, fail, nnunet_path, user_errors
 
@@ -103,20 +102,3 @@ def make_demo_dataset_entry() -> None:
               for given, default in zip((args.d, args.labeled, args.unlabeled, args.test), defaults)]
     folder = build(nnunet_path(nnUNet_raw), *values, seed=args.seed)
     print(folder)
-
-
-@user_errors
-def demo_entry() -> None:
-    parser = argparse.ArgumentParser(
-        description="End-to-end demo on CPU: build the demo dataset, plan and preprocess, preprocess unlabeled "
-                    "images, train a semi-supervised trainer briefly, predict the held-out cases, print Dice.")
-    parser.add_argument("--workdir", default="demo_work", help="folder for nnUNet_raw/preprocessed/results")
-    parser.add_argument("-tr", default="nnUNetTrainerSSS", help="trainer (default nnUNetTrainerSSS)")
-    parser.add_argument("-c", default="2d", help="configuration (default 2d)")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--iterations", type=int, default=25)
-    parser.add_argument("-device", default="cpu")
-    args = parser.parse_args()
-
-    from nnunetv2_sss.demo import run_demo
-    run_demo(os.path.abspath(args.workdir), args.tr, args.c, args.epochs, args.iterations, args.device)
