@@ -61,6 +61,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     unlabeled_slabs_in_2d = False     # 2-D: unlabeled batch = consecutive slices of one case
     export_teacher = True
     gradient_clip_norm = 12.0         # nnU-Net's
+    random_generators: Tuple[str, ...] = ()  # attributes that get a numpy Generator (seeded by nnUNet_sss_seed)
     replica_check_every = 50          # iterations between teacher checksums across ranks (multi-GPU)
     # logger key -> legend; the objective's own figures are added
     base_figures = {'ssl_unlabeled_loss': 'unlabeled loss', 'ssl_confident_share': 'confident voxel share',
@@ -75,6 +76,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         self.ssl_figures = {**self.base_figures, **self.objective.figures}
         self.logger.local_logger = SemiSupervisedLocalLogger(self.ssl_figures)
         self.ssl_objective = self.objective(self)
+        for name in self.random_generators:
+            setattr(self, name, np.random.default_rng())
 
     # ---- set-up ------------------------------------------------------------------------------
     def initialize(self):

@@ -6,7 +6,6 @@ loader, EMA teacher, ``L = L_l + w L_u``, checkpoints, figures, multi-GPU).
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from nnunetv2_sss.cps4.stage1_io import load_stage1, stage1_output_folder
@@ -61,11 +60,7 @@ class nnUNetTrainerICT(nnUNetTrainerSSL4MISBaseline):
     num_strong_views = 0
     min_unlabeled_batch_size = 2  # mixup needs a pair
     mixup_alpha = 0.2
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.mixup_rng = np.random.default_rng()
+    random_generators = ('mixup_rng',)
 
 
 class nnUNetTrainerCPS(nnUNetTrainerSSL4MISBaseline):
@@ -134,11 +129,7 @@ class nnUNetTrainerUniMatchV2(nnUNetTrainerSemiSupervised):
     cutmix_probability = 0.5
     cutmix_area_range = (0.02, 0.4)
     feature_dropout_probability = 0.5
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.cutmix_rng = np.random.default_rng()
+    random_generators = ('cutmix_rng',)
 
 
 class nnUNetTrainerSSS(nnUNetTrainerUniMatchV2):
@@ -154,11 +145,7 @@ class nnUNetTrainerSSS(nnUNetTrainerUniMatchV2):
     prompt_loss_weight = 1.0
     max_prompts_per_step = 16    # ground-truth prompts per iteration for the prompt head
     unlabeled_slabs_in_2d = True
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device('cuda')):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.prompt_rng = np.random.default_rng()
+    random_generators = ('cutmix_rng', 'prompt_rng')
 
     def extra_checkpoint_state(self) -> dict:
         return {**super().extra_checkpoint_state(), 'prompt_head_pretrained': self.prompt_head_pretrained}
