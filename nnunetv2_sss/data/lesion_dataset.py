@@ -8,21 +8,22 @@ deformation), rendered as a non-contrast head CT:
 
 - Hounsfield-like intensities from the deformed tissue maps: grey matter ~40 HU, white matter
   ~30 HU, CSF ~8 HU, air -1000 HU, a skull of ~700-1100 HU (two voxels around the head);
-  a per-subject calibration offset (+-3 HU), correlated noise (sigma 3-8 HU) and a slight blur;
+  a per-subject calibration offset (+-3 HU), correlated noise (sigma 3-6 HU) and a slight blur;
 - 1 or 2 lesions (one in 3 subjects has two) at random places in the brain (away from its
-  border), each an irregular blob: an ellipsoid of random radii (core 5-14 mm in-plane,
-  5-12 mm along the slices) whose surface is pushed in and out by smooth random noise;
-- label 1 = the lesion core, hyperdense like a fresh haemorrhage: +10 to +45 HU over the
+  border), each an irregular blob: an ellipsoid of random radii (core 9-24 mm in-plane,
+  8-18 mm along the slices) whose surface is pushed in and out by smooth random noise;
+- label 1 = the lesion core, hyperdense like a fresh haemorrhage: +20 to +50 HU over the
   tissue, with internal heterogeneity (so some lesions are faint);
-- label 2 = a rim around the core (3-9 mm wide, also irregular), hypodense like perilesional
-  oedema: -6 to -16 HU; the rim only exists inside the brain;
+- label 2 = a rim around the core (4-10 mm wide, also irregular), hypodense like perilesional
+  oedema: -10 to -20 HU; the rim only exists inside the brain;
 - partial volume: the lesion intensities are blurred before they are added, the labels are the
   sharp shapes; intensities and labels are written at the anisotropic CT-like voxel size.
 
 Splits: ``imagesTr``/``labelsTr`` (20 labeled), ``imagesUnlabeled`` (20), ``imagesTs``/``labelsTs``
-(10 held out); deterministic for ``seed``. The lesions are small (cores of about 1-10 cm^3,
-3-11 of the 26 slices), vary in position, size, shape and contrast: a task where 2-4 labeled cases fall short of
-what all labels reach, so unlabeled scans can matter. Still one anatomy seen through
+(10 held out); deterministic for ``seed``. The cores are about 7-30 cm^3 (5 %-95 %
+of lesions; 3-6 of the 26 slices), the size of a small to mid-sized haematoma, and vary in
+position, size, shape and contrast; the rim is faint against the noise: a task where few labeled
+cases can fall short of what all labels reach, so unlabeled scans can matter. Still one anatomy seen through
 deformations and a simple lesion model: a benchmark for the methods, not a clinical claim.
 """
 from __future__ import annotations
@@ -76,19 +77,19 @@ def add_lesion(image: np.ndarray, label: np.ndarray, brain: np.ndarray, rng: np.
     interior = ndimage.binary_erosion(brain, iterations=2)
     candidates = np.argwhere(interior if interior.any() else brain)
     center = candidates[rng.integers(len(candidates))].astype(np.float32) + rng.uniform(-0.5, 0.5, 3)
-    radii = np.array([rng.uniform(5, 12), rng.uniform(5, 14), rng.uniform(5, 14)])
+    radii = np.array([rng.uniform(8, 18), rng.uniform(9, 24), rng.uniform(9, 24)])
     level = _blob_level(image.shape, center, radii, rng, roughness=rng.uniform(0.3, 0.7))
-    rim_width = rng.uniform(3.0, 9.0) / radii[1:].mean()
+    rim_width = rng.uniform(4.0, 10.0) / radii[1:].mean()
     rim_level = level + 0.25 * rim_width * _smooth_noise(image.shape, rng, 1.0)
     core = (level <= 1.0) & brain
     if not core.any():  # a tiny blob that missed the brain: keep its central voxel
         core[tuple(np.clip(np.round(center).astype(int), 0, np.array(image.shape) - 1))] = True
     rim = (rim_level <= 1.0 + rim_width) & brain & ~core & (label != 1)
-    core_contrast = rng.uniform(10, 45)
+    core_contrast = rng.uniform(20, 50)
     heterogeneity = 1.0 + 0.25 * _smooth_noise(image.shape, rng, 0.8)
     change = np.zeros(image.shape, np.float32)
     change[core] = core_contrast * heterogeneity[core]
-    change[rim] = -rng.uniform(6, 16)
+    change[rim] = -rng.uniform(10, 20)
     image += ndimage.gaussian_filter(change, sigma=(0.3, 0.6, 0.6))  # partial volume
     label[rim & (label == 0)] = 2
     label[core] = 1
@@ -102,7 +103,7 @@ def make_lesion_subject(t1, grey, white, rng: np.random.Generator) -> Tuple[np.n
         add_lesion(image, label, brain, rng)
     image += rng.uniform(-3, 3)
     noise = ndimage.gaussian_filter(rng.normal(size=image.shape), sigma=(0.0, 0.7, 0.7))
-    image += rng.uniform(3, 8) * noise / (noise.std() + 1e-8)
+    image += rng.uniform(3, 6) * noise / (noise.std() + 1e-8)
     return image.astype(np.float32), label
 
 
