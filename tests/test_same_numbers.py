@@ -24,7 +24,12 @@ one trainer in the harness, not kept): Mean Teacher's ``unlabeled_loss_weight`` 
 in ICT's epoch start (a shifted random stream) -> losses 0.6-5 %, unlabeled losses 30-60 % off;
 SSS's ``prompt_loss_weight`` 1 -> 1.01 -> losses 0.5 % off. Values that count voxels (e.g.
 ``ssl_confident_share``) could move by one voxel on a very different CPU when a probability lies
-within float32 rounding of a threshold; the failure message names such a figure.
+within float32 rounding of a threshold, and do on another CPU than the reference's: on the
+machine of 2026-12-02 (stop 16), with every loss and weight within the tolerances above,
+``ssl_cps_agreement`` differed by 7.2e-5 and ``ssl_text_teacher_agreement`` by 2.2e-4, one voxel
+of the roughly 13,800 and 4,600 they count. These voxel shares (``VOXEL_SHARE_FIGURES``) are
+compared with ``|now - ref| <= 1e-3``, a few voxels of the smallest count; a real change
+still shows in the losses and weights, which are compared as above.
 
 Not covered by 3 steps of epoch 0: ``ema_decay`` (the EMA momentum ``min(1 - 1/(it + 1), decay)``
 stays below it), the LR schedule after epoch 0, epoch-based ramp-ups, validation and checkpoints.
@@ -52,6 +57,13 @@ HARNESS = TESTS / "trainer_harness.py"
 LOSS_RTOL, LOSS_ATOL = 1e-4, 1e-7
 WEIGHT_RTOL = 1e-6   # sum, sum_sq of the parameters
 DELTA_RTOL = 1e-3    # delta_sum, delta_sum_sq: the change of the parameters during the steps
+VOXEL_SHARE_FIGURES = {"ssl_confident_share", "ssl_cps_agreement", "ssl_text_teacher_agreement",
+                       "ssl_pseudo_label_changed", "ssl_confident_from_head"}
+VOXEL_SHARE_ATOL = 1e-3  # a few voxels of the smallest counted batch (about 4,600 voxels)
+
+
+def _figure_tolerance(key: str, value: float) -> float:
+    return VOXEL_SHARE_ATOL if key in VOXEL_SHARE_FIGURES else LOSS_RTOL * abs(value) + LOSS_ATOL
 
 
 def _close(now: float, ref: float, tolerance: float) -> bool:
@@ -108,9 +120,9 @@ def compare_recordings(reference: dict, current: dict) -> List[str]:
             for key, value in ref_figures.items():
                 if key not in now_figures:
                     problems.append(f"{trainer} step {step}: figure '{key}' missing (reference {value!r})")
-                elif not _close(now_figures[key], value, LOSS_RTOL * abs(value) + LOSS_ATOL):
+                elif not _close(now_figures[key], value, _figure_tolerance(key, value)):
                     problems.append(f"{trainer} step {step} {key}: "
-                                    f"{_describe(now_figures[key], value, LOSS_RTOL * abs(value) + LOSS_ATOL)}")
+                                    f"{_describe(now_figures[key], value, _figure_tolerance(key, value))}")
         problems += _compare_weights(trainer, ref["weights"], now["weights"])
     return problems
 
