@@ -59,8 +59,9 @@ def test_same_seed_same_data_other_seed_other_data(lesion_datasets):
 
 def test_label_model_and_intensities(lesion_datasets):
     """Cores of 7-30 cm^3 (the documented 5-95 % range; an irregular surface may leave a few
-    detached voxels): the largest core of a case is over 3 cm^3, all of them under 70; cores are hyperdense (+20 to +50 HU before noise), rims
-    hypodense (-10 to -20 HU) against the brain tissue around them, and every rim touches a core."""
+    detached voxels): the largest core of a case is over 3 cm^3, all of them under 70; cores are
+    hyperdense (+20 to +50 HU before noise), rims hypodense (-10 to -20 HU) against the brain
+    tissue around them, and every rim touches a core."""
     for folder in (lesion_datasets["a"], lesion_datasets["c"]):
         for labels_sub, images_sub in (("labelsTr", "imagesTr"), ("labelsTs", "imagesTs")):
             names, labels = _arrays(folder, labels_sub)

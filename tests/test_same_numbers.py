@@ -120,9 +120,8 @@ def compare_recordings(reference: dict, current: dict) -> List[str]:
             for key, value in ref_figures.items():
                 if key not in now_figures:
                     problems.append(f"{trainer} step {step}: figure '{key}' missing (reference {value!r})")
-                elif not _close(now_figures[key], value, _figure_tolerance(key, value)):
-                    problems.append(f"{trainer} step {step} {key}: "
-                                    f"{_describe(now_figures[key], value, _figure_tolerance(key, value))}")
+                elif not _close(now_figures[key], value, tolerance := _figure_tolerance(key, value)):
+                    problems.append(f"{trainer} step {step} {key}: {_describe(now_figures[key], value, tolerance)}")
         problems += _compare_weights(trainer, ref["weights"], now["weights"])
     return problems
 

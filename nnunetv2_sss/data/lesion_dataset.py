@@ -23,8 +23,9 @@ Splits: ``imagesTr``/``labelsTr`` (20 labeled), ``imagesUnlabeled`` (20), ``imag
 (10 held out); deterministic for ``seed``. The cores are about 7-30 cm^3 (5 %-95 %
 of lesions; 3-6 of the 26 slices), the size of a small to mid-sized haematoma, and vary in
 position, size, shape and contrast; the rim is faint against the noise: a task where few labeled
-cases can fall short of what all labels reach, so unlabeled scans can matter. Still one anatomy seen through
-deformations and a simple lesion model: a benchmark for the methods, not a clinical claim.
+cases can fall short of what all labels reach, so unlabeled scans can matter. Still one anatomy
+seen through deformations and a simple lesion model: a benchmark for the methods, not a clinical
+claim.
 """
 from __future__ import annotations
 
