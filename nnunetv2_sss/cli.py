@@ -4,17 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 
-from nnunetv2_sss.errors import UserFileNotFoundError, dataset_name, fail, nnunet_path, user_errors
+from nnunetv2_sss.errors import UserFileNotFoundError, dataset_json_of, dataset_name, nnunet_path, user_errors
 
 
 def trainers_path_entry() -> None:
     """Print the folder to put into ``nnUNet_extTrainer``."""
     import nnunetv2_sss.trainers
     print(os.path.dirname(os.path.abspath(nnunetv2_sss.trainers.__file__)))
-
-
-def _fail(message: str) -> None:
-    fail(message)
 
 
 @user_errors
@@ -33,14 +29,32 @@ def preprocess_unlabeled_entry() -> None:
     args = parser.parse_args()
 
     from nnunetv2.configuration import default_num_processes
-    from nnunetv2_sss.data.folder_lock import FolderLockedError
     from nnunetv2_sss.data.unlabeled_preprocessing import preprocess_unlabeled
-    from nnunetv2_sss.data.unlabeled_raw import UnlabeledDataError
-    try:
-        preprocess_unlabeled(args.d, args.c, args.p, args.np if args.np is not None else default_num_processes,
-                             args.clean, args.reorient)
-    except (UnlabeledDataError, FolderLockedError) as error:
-        _fail(str(error))
+    preprocess_unlabeled(args.d, args.c, args.p, args.np if args.np is not None else default_num_processes,
+                         args.clean, args.reorient)
+
+
+@user_errors
+def check_images_entry() -> None:
+    parser = argparse.ArgumentParser(
+        description="Check a folder of images before nnUNetv2_predict (or any other use): nnU-Net file names and "
+                    "channels of the dataset's dataset.json, readable headers, channels of a case sharing their "
+                    "geometry, complete voxel data (a truncated .nii.gz), no NaN/inf, no constant image. Prints "
+                    "'N cases OK', or one ERROR line naming the first bad file (exit code 2).")
+    parser.add_argument("-i", required=True, help="folder of images (CASE_0000<file ending>, ...)")
+    parser.add_argument("-d", required=True, help="dataset name or id (its dataset.json gives channels and reader)")
+    args = parser.parse_args()
+
+    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
+    from nnunetv2_sss.data.image_checks import check_cases, find_cases
+
+    if not os.path.isdir(args.i):
+        raise UserFileNotFoundError(f"-i {args.i}: folder does not exist")
+    dataset_json = dataset_json_of(args.d)
+    cases = find_cases(args.i, dataset_json)
+    first_file = next(iter(cases.values()))[0]
+    check_cases(cases, determine_reader_writer_from_dataset_json(dataset_json, first_file, verbose=False)())
+    print(f"{len(cases)} cases OK")
 
 
 @user_errors
@@ -70,7 +84,8 @@ def make_splits_entry() -> None:
     if not os.path.isfile(join(raw_folder, "dataset.json")):
         raise UserFileNotFoundError(f"{join(raw_folder, 'dataset.json')} not found: make_splits reads the training "
                                     f"cases of the raw dataset")
-    identifiers = list(get_filenames_of_train_images_and_targets(raw_folder, load_json(join(raw_folder, "dataset.json"))))
+    training_cases = get_filenames_of_train_images_and_targets(raw_folder, load_json(join(raw_folder, "dataset.json")))
+    identifiers = [str(case) for case in training_cases]  # nnU-Net's are numpy strings
     splits = make_semi_supervised_splits(join(preprocessed, name), identifiers, args.num_labeled,
                                          args.labeled_fraction, args.seed, args.folds,
                                          group_by_regex(args.group_regex), args.force)

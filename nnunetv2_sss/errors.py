@@ -10,6 +10,9 @@ traceback.
 - trainers (inside nnU-Net's ``nnUNetv2_train``): ``nnUNetTrainerPlugin`` catches
   :class:`UserError` at its seams and raises :func:`trainer_exit` (exit code 1).
 
+The look-ups every command shares raise it too: nnU-Net's path variables (:func:`nnunet_path`) and
+the dataset of ``-d`` (:func:`dataset_name`, :func:`dataset_json_of`).
+
 The subclasses also derive from the matching built-in exception, so ``except ValueError`` /
 ``except FileNotFoundError`` callers keep working.
 """
@@ -76,21 +79,36 @@ def nnunet_path(variable) -> str:
     return value
 
 
-def dataset_name(dataset: str) -> str:
-    """nnU-Net's ``DatasetXXX_Name`` for a name or id given on a command line; :class:`UserError`
-    when nnU-Net cannot find it."""
+def dataset_name(dataset) -> str:
+    """nnU-Net's ``DatasetXXX_Name`` (a plain ``str``) for a name or id given on a command line (``-d``);
+    :class:`UserError` when nnU-Net cannot find it. Every command that takes ``-d`` resolves it here."""
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     try:
-        return maybe_convert_to_dataset_name(dataset)
+        return str(maybe_convert_to_dataset_name(dataset))
     except (RuntimeError, ValueError) as error:
         if isinstance(error, ValueError):
-            problem = "give a dataset id (e.g. 27) or a name DatasetXXX_Name"
-        elif "More than one" in str(error):
-            problem = "more than one dataset folder has this id: rename one"
+            problem = "not a dataset id or name: give a dataset id (e.g. 27) or a name DatasetXXX_Name"
         else:
-            problem = ("no DatasetXXX_* folder with this id in nnUNet_raw, nnUNet_preprocessed or nnUNet_results: "
-                       "check the id and these variables")
-        raise UserValueError(f"dataset {dataset!r}: {problem}") from None
+            folders = ", ".join(f"{v.env_var_name}={v!r}" for v in (nnUNet_raw, nnUNet_preprocessed, nnUNet_results))
+            problem = (f"more than one DatasetXXX_* folder with this id in {folders}: rename one"
+                       if "More than one" in str(error) else
+                       f"no DatasetXXX_* folder with this id in {folders}: check the id and these variables")
+        raise UserValueError(f"dataset '{dataset}': {problem}") from None
+
+
+def dataset_json_of(dataset) -> dict:
+    """The ``dataset.json`` of a dataset name or id, from nnUNet_raw, else nnUNet_preprocessed."""
+    from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+
+    name = dataset_name(dataset)
+    for root in (nnUNet_raw, nnUNet_preprocessed):
+        if root.is_set() and isfile(join(root.get(), name, "dataset.json")):
+            return load_json(join(root.get(), name, "dataset.json"))
+    raise UserFileNotFoundError(f"dataset '{dataset}': no {name}/dataset.json in nnUNet_raw={nnUNet_raw!r} or "
+                                f"nnUNet_preprocessed={nnUNet_preprocessed!r}; set these variables or give another "
+                                f"dataset")
 
 
 def trainer_exit(error: UserError) -> SystemExit:

@@ -7,8 +7,8 @@ import SimpleITK as sitk
 
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2_sss.data.folder_lock import LOCK_FILE, FolderLock, FolderLockedError
-from nnunetv2_sss.data.unlabeled_raw import (UnlabeledDataError, check_case_headers, check_voxels,
-                                             find_unlabeled_cases, read_header)
+from nnunetv2_sss.data.image_checks import ImageFileError, check_case_headers, check_voxels, read_header
+from nnunetv2_sss.data.unlabeled_raw import UnlabeledDataError, find_unlabeled_cases
 
 DATASET_JSON = {"channel_names": {"0": "T1", "1": "T2"}, "file_ending": ".nii.gz"}
 
@@ -42,7 +42,7 @@ def test_missing_and_empty_folder(tmp_path):
     with pytest.raises(UnlabeledDataError, match="imagesUnlabeled does not exist"):
         find_unlabeled_cases(str(tmp_path), DATASET_JSON)
     (tmp_path / "imagesUnlabeled").mkdir()
-    with pytest.raises(UnlabeledDataError, match="contains no images"):
+    with pytest.raises(ImageFileError, match="contains no images"):
         find_unlabeled_cases(str(tmp_path), DATASET_JSON)
 
 
@@ -53,28 +53,32 @@ def test_bad_names(raw, name, message):
     if name == "t1_0000.nii.gz":
         _image(raw / "imagesUnlabeled" / "t1_0001.nii.gz")
     _image(raw / "imagesUnlabeled" / name)
-    with pytest.raises(UnlabeledDataError, match=message) as error:
+    with pytest.raises(ImageFileError, match=message) as error:
         find_unlabeled_cases(str(raw), DATASET_JSON)
     assert name.split("_")[0].split(".")[0] in str(error.value)
 
 
 def test_dimension_and_geometry(raw):
     two_d = _image(raw / "flat_0000.nii.gz", shape=(5, 6))
-    with pytest.raises(UnlabeledDataError, match="flat_0000.nii.gz: image is 2-D, the dataset's images are 3-D"):
+    with pytest.raises(ImageFileError, match="flat_0000.nii.gz: image is 2-D, the dataset's images are 3-D"):
         check_case_headers([two_d], 3, SimpleITKIO())
     a = _image(raw / "g_0000.nii.gz")
     b = _image(raw / "g_0001.nii.gz", spacing=(1.0, 1.0, 2.0))
-    with pytest.raises(UnlabeledDataError, match="g_0001.nii.gz: size/spacing/origin/orientation differ"):
+    with pytest.raises(ImageFileError, match=r"g_0001.nii.gz: spacing \[1.0, 1.0, 2.0\] differs from \[1.0, 1.0, 1.0\] "
+                                             r"of .*g_0000.nii.gz"):
         check_case_headers([a, b], 3, SimpleITKIO())
+    c = _image(raw / "h_0000.nii.gz", shape=(4, 5, 7))
+    with pytest.raises(ImageFileError, match=r"size \[6, 5, 4\] differs from \[7, 5, 4\]"):
+        check_case_headers([c, a], 3, SimpleITKIO())
 
 
 def test_voxel_checks():
     images = np.random.default_rng(0).normal(size=(2, 3, 4, 4))
     check_voxels(images, ["a", "b"])
     images[1, 0, 0, 0] = np.nan
-    with pytest.raises(UnlabeledDataError, match="b: contains NaN"):
+    with pytest.raises(ImageFileError, match="b: contains NaN"):
         check_voxels(images, ["a", "b"])
-    with pytest.raises(UnlabeledDataError, match="a: image is empty"):
+    with pytest.raises(ImageFileError, match="a: image is empty"):
         check_voxels(np.zeros((1, 3, 4, 4)), ["a"])
 
 
@@ -99,7 +103,7 @@ def test_header_reoriented_like_dicom_orient(tmp_path, permutation, flips):
 def test_unreadable_header(tmp_path):
     path = tmp_path / "junk_0000.nii.gz"
     path.write_bytes(b"junk" * 10)
-    with pytest.raises(UnlabeledDataError, match=r"junk_0000.nii.gz: cannot be read \(.+\); replace the file"):
+    with pytest.raises(ImageFileError, match=r"junk_0000.nii.gz: cannot be read \(.+\); replace the file"):
         check_case_headers([str(path)], 3, SimpleITKIO())
 
 

@@ -32,8 +32,9 @@ from nnunetv2_sss.cps4.stage1_data import check_cases_exist, fixed_slices, fold_
 from nnunetv2_sss.cps4.stage1_io import save_stage1, stage1_output_folder
 from nnunetv2_sss.cps4.text_encoder import encode_prompts, text_encoder_folder
 from nnunetv2_sss.cps4.vision import ViTConfig, load_vision_weights
-from nnunetv2_sss.errors import (UserFileNotFoundError, UserRuntimeError, UserValueError, dataset_name as
-                                 user_dataset_name, nnunet_path, user_errors)
+from nnunetv2_sss.devices import torch_device
+from nnunetv2_sss.errors import (UserFileNotFoundError, UserValueError, dataset_name as user_dataset_name,
+                                 nnunet_path, user_errors)
 
 LOG_FILE = "training_log.csv"
 ATTENTION_FOLDER = "attention_maps"
@@ -84,7 +85,7 @@ def prepare_stage1(dataset: str, configuration: str, fold: int, plans: str, opti
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     preprocessed = nnunet_path(nnUNet_preprocessed)
-    dataset_name = str(user_dataset_name(dataset))  # nnU-Net returns a numpy string
+    dataset_name = user_dataset_name(dataset)
     base = Path(preprocessed) / dataset_name
     plans_file = base / f"{plans}.json"
     if not plans_file.is_file():
@@ -167,8 +168,7 @@ def run_stage1(dataset: str, configuration: str, fold: int, plans: str = "nnUNet
                device: str = "cuda", options: Optional[Stage1Options] = None) -> Path:
     """Run stage 1 and return its output folder."""
     options = options or Stage1Options()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserRuntimeError("--device cuda requested but CUDA is not available (use --device cpu)")
+    device = torch_device(device, "--device")
     num_epochs = settings.num_epochs() or options.num_epochs
     iterations = settings.iterations_per_epoch() or options.iterations_per_epoch
     setup = prepare_stage1(dataset, configuration, fold, plans, options)

@@ -10,6 +10,7 @@ from typing import Iterable, List, Sequence
 
 import numpy as np
 
+from nnunetv2_sss.data.image_checks import stored_voxels
 from nnunetv2_sss.errors import UserFileExistsError, UserFileNotFoundError, UserValueError, nnunet_path
 
 
@@ -55,10 +56,12 @@ def copy_image(source: Path, target: Path) -> None:
 
 
 def copy_label(source: Path, target: Path, allowed_labels: Sequence[int], merge_foreground: bool) -> List[int]:
-    """Copy a label map, checking that its values are in ``allowed_labels``; with
-    ``merge_foreground`` every value > 0 becomes 1 (geometry kept). Returns the values found."""
+    """Copy a label map, checking that it is complete (a truncated NIfTI file raises, where SimpleITK
+    would zero-fill it) and that its values are in ``allowed_labels``; with ``merge_foreground`` every
+    value > 0 becomes 1 (geometry kept). Returns the values found."""
     import SimpleITK as sitk
 
+    stored_voxels(str(source))
     image = sitk.ReadImage(str(source))
     array = sitk.GetArrayViewFromImage(image)
     values = np.unique(array)

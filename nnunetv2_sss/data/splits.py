@@ -39,6 +39,9 @@ def make_semi_supervised_splits(preprocessed_dataset_folder: str, identifiers: S
     """
     if (num_labeled is None) == (labeled_fraction is None):
         raise UserValueError("give exactly one of --num-labeled and --labeled-fraction")
+    if num_folds < 2:
+        raise UserValueError(f"--folds {num_folds}: give at least 2 folds (each fold validates on one share of the "
+                             f"cases and trains on the others)")
     splits_file = join(preprocessed_dataset_folder, "splits_final.json")
     if isfile(splits_file) and not overwrite:
         raise UserFileExistsError(f"{splits_file} exists; pass --force to replace it (models trained on "
@@ -85,7 +88,7 @@ def group_by_regex(pattern: Optional[str]) -> Optional[Callable[[str], str]]:
     def group(case: str) -> str:
         match = compiled.search(case)
         if match is None:
-            raise UserValueError(f"case {case!r} does not match the group pattern {pattern!r}: "
+            raise UserValueError(f"case '{case}' does not match the group pattern {pattern!r}: "
                                  f"fix --group-regex")
         return match.group(0)
     return group

@@ -20,9 +20,10 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from tqdm import tqdm
 
 from nnunetv2_sss.data.folder_lock import LOCK_FILE, lock_folders
-from nnunetv2_sss.data.unlabeled_raw import (DatasetGeometry, ImageHeader, UnlabeledDataError, check_against_dataset,
-                                             check_case_headers, check_voxels, dataset_geometry, find_unlabeled_cases,
-                                             unreadable)
+from nnunetv2_sss.data.image_checks import ImageHeader, check_case_headers, check_voxels, read_images, unreadable
+from nnunetv2_sss.data.unlabeled_raw import (DatasetGeometry, UnlabeledDataError, check_against_dataset,
+                                             dataset_geometry, find_unlabeled_cases)
+from nnunetv2_sss.errors import dataset_name, nnunet_path
 
 UNLABELED_SUFFIX = "_unlabeled"
 
@@ -72,7 +73,7 @@ def _check_target_shape(header: ImageHeader, plans_manager, configuration: str) 
 def _read_case(reader, files: List[str], reorient_to: Optional[str], staging: str):
     """``reader.read_images`` of the case's files, reoriented first when ``reorient_to`` (SimpleITK's
     ``DICOMOrient``, written into ``staging``: the user's files are never changed). A file that cannot
-    be read raises :class:`UnlabeledDataError` naming it."""
+    be read raises :class:`~nnunetv2_sss.data.image_checks.ImageFileError` naming it."""
     import SimpleITK as sitk
     read = []
     for path in files:
@@ -85,15 +86,7 @@ def _read_case(reader, files: List[str], reorient_to: Optional[str], staging: st
             raise unreadable(path, error) from None
         read.append(join(staging, "reoriented_" + os.path.basename(path)))
         sitk.WriteImage(image, read[-1], useCompression=False)
-    try:
-        return reader.read_images(read)
-    except Exception:  # noqa: BLE001 - find the file that cannot be read and name it
-        for path, readable in zip(files, read):
-            try:
-                reader.read_images([readable])
-            except Exception as error:  # noqa: BLE001
-                raise unreadable(path, error) from None
-        raise
+    return read_images(reader, read, files)
 
 
 def _preprocess_case(case: str, files: List[str], output_folder: str, plans: dict,
@@ -147,12 +140,11 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str], plan
     Returns, per configuration, the cases processed now.
     """
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
-    raw_folder = join(nnUNet_raw, dataset_name)
-    preprocessed_folder = join(nnUNet_preprocessed, dataset_name)
+    name = dataset_name(dataset_name_or_id)
+    raw_folder = join(nnunet_path(nnUNet_raw), name)
+    preprocessed_folder = join(nnunet_path(nnUNet_preprocessed), name)
     plans_file = join(preprocessed_folder, plans_identifier + ".json")
     if not os.path.isfile(plans_file):
         raise UnlabeledDataError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d "

@@ -2,68 +2,41 @@
 
 Layout (same naming as ``imagesTr``): ``CASE_0000<file_ending>``, one file per channel
 (``_0000``, ``_0001`` ... as in ``dataset.json``'s ``channel_names``).
-Everything here reads headers only (SimpleITK's ``ReadImageInformation``); voxel checks happen when a
+Everything here reads headers only (SimpleITK's ``ReadImageInformation``); the checks of single files
+(:mod:`nnunetv2_sss.data.image_checks`, shared with the other commands) and of the voxels happen when a
 case is preprocessed.
 """
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
-
-from nnunetv2_sss.errors import UserValueError
+from nnunetv2_sss.data.image_checks import ImageFileError, ImageHeader, find_cases, read_header, \
+    reader_orientation, reads_headers
 
 UNLABELED_FOLDER = "imagesUnlabeled"
-_CHANNEL_PATTERN = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-class UnlabeledDataError(UserValueError):
+class UnlabeledDataError(ImageFileError):
     """Bad unlabeled input; the message names the file and the problem."""
 
 
 def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict[str, List[str]]:
     """Map case identifier -> channel files (sorted by channel) of ``imagesUnlabeled``.
 
-    Raises :class:`UnlabeledDataError` for a missing or empty folder, a file with another
-    ending or without a ``_XXXX`` channel suffix, a case with missing/extra channels, and
-    a case identifier that also exists in ``imagesTr`` (the case would be listed twice).
+    Raises :class:`UnlabeledDataError` for a missing folder and a case identifier that also exists in
+    ``imagesTr`` (the case would be listed twice), :class:`ImageFileError` for an empty folder, bad file
+    names and missing/extra channels (:func:`~nnunetv2_sss.data.image_checks.find_cases`).
     """
     folder = os.path.join(raw_dataset_folder, UNLABELED_FOLDER)
+    file_ending = dataset_json["file_ending"]
     if not os.path.isdir(folder):
         raise UnlabeledDataError(
             f"{folder} does not exist: put the unlabeled scans there, named like imagesTr "
-            f"(CASE_0000{dataset_json['file_ending']}).")
-    file_ending = dataset_json["file_ending"]
-    num_channels = len(dataset_json["channel_names"])
-    channels_per_case: Dict[str, Dict[int, str]] = {}
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        if name.startswith(".") or os.path.isdir(path):
-            continue
-        if not name.endswith(file_ending):
-            raise UnlabeledDataError(f"{path}: file ending is not the dataset's '{file_ending}'.")
-        match = _CHANNEL_PATTERN.match(name[: -len(file_ending)])
-        if match is None:
-            raise UnlabeledDataError(f"{path}: name must end with a 4-digit channel index, e.g. "
-                                     f"CASE_0000{file_ending}.")
-        case, channel = match.group("case"), int(match.group("channel"))
-        channels_per_case.setdefault(case, {})[channel] = path
-    if not channels_per_case:
-        raise UnlabeledDataError(f"{folder} contains no images ending in '{file_ending}'.")
-
-    expected = set(range(num_channels))
-    cases = {}
-    for case, channels in channels_per_case.items():
-        if set(channels) != expected:
-            raise UnlabeledDataError(
-                f"{os.path.join(folder, case)}: has channel files {sorted(channels)}, the dataset "
-                f"has {num_channels} channel(s) {sorted(expected)} (dataset.json channel_names).")
-        cases[case] = [channels[c] for c in sorted(channels)]
-
+            f"(CASE_0000{file_ending}).")
+    cases = find_cases(folder, dataset_json)
     labeled_folder = os.path.join(raw_dataset_folder, "imagesTr")
     if os.path.isdir(labeled_folder):
         labeled = {n[: -len(file_ending) - 5] for n in os.listdir(labeled_folder) if n.endswith(file_ending)}
@@ -75,119 +48,7 @@ def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict) -> Dict[st
     return cases
 
 
-# nnU-Net readers whose arrays/spacings follow the file header as SimpleITK reads it (array axes = header axes
-# reversed); with the others, a file is read whole to learn its shape and spacing
-_HEADER_READERS = ("SimpleITKIO", "NibabelIO")
-# readers that bring every image into this orientation themselves (SimpleITK's orientation code)
-_REORIENTING_READERS = {"SimpleITKIOWithReorient": "RAS", "NibabelIOWithReorient": "RAS"}
 MAX_SPACING_RATIO = 10.0
-_AXIS_OF_LETTER = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
-
-
-@dataclass
-class ImageHeader:
-    """What nnU-Net's reader will make of an image, from its header.
-
-    ``shape``/``spacing``: spatial, in the reader's array axis order (SimpleITK's axes reversed; a 2-D image
-    gets nnU-Net's leading dummy axis); ``orientation``: SimpleITK's orientation code of a 3-D image (e.g.
-    ``'LPS'``: array axes x, y, z run towards left, posterior, superior), ``None`` when unknown."""
-    path: str
-    dimension: int
-    shape: Tuple[int, ...]
-    spacing: Tuple[float, ...]
-    orientation: Optional[str]
-    geometry: tuple
-
-    def reoriented(self, orientation: str) -> "ImageHeader":
-        """The header after ``SimpleITK.DICOMOrient(image, orientation)`` (axes permuted and flipped)."""
-        if self.orientation is None or self.orientation == orientation:
-            return self
-        source = [_AXIS_OF_LETTER[letter] for letter in self.orientation]
-        order = [source.index(_AXIS_OF_LETTER[letter]) for letter in orientation]  # SimpleITK axis order
-        shape, spacing = self.shape[::-1], self.spacing[::-1]
-        return replace(self, shape=tuple(shape[i] for i in order)[::-1],
-                       spacing=tuple(spacing[i] for i in order)[::-1], orientation=orientation)
-
-
-def reader_orientation(reader) -> Optional[str]:
-    """The orientation a reorienting nnU-Net reader brings every image into, else ``None``."""
-    return _REORIENTING_READERS.get(type(reader).__name__)
-
-
-def _reads_headers(reader) -> bool:
-    return type(reader).__name__ in _HEADER_READERS + tuple(_REORIENTING_READERS)
-
-
-def orientation_code(direction: Sequence[float]) -> str:
-    import SimpleITK as sitk
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(list(direction))
-
-
-def unreadable(path: str, error: BaseException) -> UnlabeledDataError:
-    """The error for a file that cannot be read, with the reader's reason on one line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    reason = next((line.split("ERROR:", 1)[1].strip() for line in lines if "ERROR:" in line),
-                  lines[-1] if lines else type(error).__name__)
-    return UnlabeledDataError(f"{path}: cannot be read ({reason}); replace the file with a readable copy or "
-                              f"remove it.")
-
-
-def read_header(path: str, reader) -> ImageHeader:
-    """Header of one image file (SimpleITK's ``ReadImageInformation``: no voxels are read). A file that
-    cannot be read raises :class:`UnlabeledDataError` naming it. ``reader``: the plans' nnU-Net reader
-    instance; for a reader other than SimpleITK's/nibabel's, or a format SimpleITK does not know, the
-    file is read by ``reader``."""
-    import SimpleITK as sitk
-
-    info = sitk.ImageFileReader()
-    info.SetFileName(path)
-    try:
-        if not _reads_headers(reader):
-            raise RuntimeError(f"{type(reader).__name__} is read whole")
-        info.ReadImageInformation()
-    except RuntimeError:
-        try:
-            images, properties = reader.read_images([path])
-        except Exception as error:  # noqa: BLE001 - whatever the reader raises, the file is unreadable
-            raise unreadable(path, error) from None
-        return ImageHeader(path, images.ndim - 1, tuple(images.shape[1:]),
-                           tuple(float(s) for s in properties["spacing"]), None, (tuple(images.shape),))
-    dimension = info.GetDimension()
-    size, spacing = tuple(info.GetSize())[::-1], tuple(info.GetSpacing())[::-1]
-    if dimension == 2:
-        shape, nn_spacing = (1, *size), (999 * max(spacing), *spacing)
-    elif dimension == 4:
-        shape, nn_spacing = size[1:], spacing[1:]
-    else:
-        shape, nn_spacing = size, spacing
-    direction = info.GetDirection()
-    header = ImageHeader(path, dimension, tuple(shape), tuple(float(s) for s in nn_spacing),
-                         orientation_code(direction) if dimension == 3 else None,
-                         (info.GetSize(), np.round(info.GetSpacing(), 5).tolist(),
-                          np.round(info.GetOrigin(), 3).tolist(), np.round(direction, 4).tolist()))
-    target = reader_orientation(reader)
-    return header.reoriented(target) if target else header
-
-
-def check_case_headers(files: List[str], expected_dimension: int, reader) -> ImageHeader:
-    """Header checks of one case's channel files before any voxel work.
-
-    ``reader``: an nnU-Net image reader/writer instance (``plans_manager.image_reader_writer_class()``).
-    Checks that every file can be read, the dimensionality against the dataset's and that all channels
-    share size, spacing, origin and direction. Returns the first channel's header.
-    """
-    first = None
-    for path in files:
-        header = read_header(path, reader)
-        if header.dimension != expected_dimension:
-            raise UnlabeledDataError(f"{path}: image is {header.dimension}-D, the dataset's images are "
-                                     f"{expected_dimension}-D.")
-        if first is None:
-            first = header
-        elif header.geometry != first.geometry:
-            raise UnlabeledDataError(f"{path}: size/spacing/origin/orientation differ from {files[0]} "
-                                     f"(channels of one case must share their geometry).")
-    return first
 
 
 @dataclass
@@ -203,7 +64,7 @@ class DatasetGeometry:
 def dataset_geometry(training_files: List[str], reader, median_spacing: Sequence[float]) -> DatasetGeometry:
     """Headers of the training images (``training_files``: one file per training case and channel; with a
     reader that reads files whole, only the first one is read: its dimensionality is all that is used)."""
-    if not _reads_headers(reader):
+    if not reads_headers(reader):
         training_files = training_files[:1]
     headers = [read_header(path, reader) for path in training_files]
     if not headers:
@@ -245,25 +106,3 @@ def check_against_dataset(header: ImageHeader, dataset: DatasetGeometry, reorien
                     f"(spacing {_format(header.spacing)} mm, median spacing {_format(dataset.median_spacing)} mm): "
                     f"fix the spacing in the file's header (a wrong unit?) or remove the file.")
     return header
-
-
-def _stored_non_finite(path: str) -> bool:
-    """NaN/inf in a NIfTI file as stored (ITK's reader silently turns NaN into 0)."""
-    if not path.endswith((".nii", ".nii.gz")):
-        return False
-    import nibabel
-    try:
-        stored = np.asanyarray(nibabel.load(path).dataobj)
-    except Exception as error:  # noqa: BLE001 - e.g. a truncated file, which ITK reads zero-filled
-        raise unreadable(path, error) from None
-    return not np.all(np.isfinite(stored))
-
-
-def check_voxels(images: np.ndarray, files: List[str]) -> None:
-    """``images``: ``(C, *spatial)`` as read. NaN/inf voxels (as read, or as stored in a NIfTI
-    file) or a constant (empty) channel raise :class:`UnlabeledDataError` naming the file."""
-    for channel, path in zip(images, files):
-        if not np.all(np.isfinite(channel)) or _stored_non_finite(path):
-            raise UnlabeledDataError(f"{path}: contains NaN or infinite voxels.")
-        if channel.size == 0 or channel.min() == channel.max():
-            raise UnlabeledDataError(f"{path}: image is empty (every voxel has the same value).")

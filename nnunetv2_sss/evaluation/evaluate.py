@@ -15,7 +15,8 @@ nnU-Net names a region) and makes it the headline result (the BHSD Table 2 setti
 Every reference needs a prediction of the same file name: missing ones are named and the
 command fails (exit 2) unless ``--allow-missing`` is given (then they are listed in the
 output json, ``references_without_prediction``). User errors (missing folders or files, a bad
-``-d``, predictions that do not fit their reference) print one ``ERROR: ...`` line, exit 2.
+``-d``, an unreadable or truncated file, predictions that do not fit their reference) print one
+``ERROR: ...`` line, exit 2; every file is checked before the metrics are computed.
 """
 from __future__ import annotations
 
@@ -24,52 +25,18 @@ import multiprocessing
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
-from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, user_errors
+from nnunetv2_sss.data.image_checks import check_complete
+from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, dataset_json_of, user_errors
 from nnunetv2_sss.evaluation.metrics import METRIC_NAMES, binary_metrics
 
 LabelOrRegion = Union[int, Tuple[int, ...]]
 DEFAULT_OUTPUT_NAME = "summary_sss.json"
 FOREGROUND_MEAN = "foreground_mean"
-
-
-def dataset_name_of(dataset_name_or_id: str) -> str:
-    """``DatasetXXX_Name`` of a dataset name or id (an id is looked up the way nnU-Net does)."""
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw, nnUNet_results
-    from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets
-
-    if dataset_name_or_id.startswith("Dataset"):
-        return dataset_name_or_id
-    try:
-        dataset_id = int(dataset_name_or_id)
-    except ValueError:
-        raise UserValueError(f"-d {dataset_name_or_id}: not a dataset id or name; give e.g. 27 or "
-                             "Dataset027_ACDC") from None
-    candidates = [str(c) for c in find_candidate_datasets(dataset_id)]
-    if len(candidates) != 1:
-        found = f"several datasets ({', '.join(candidates)})" if candidates else "no dataset"
-        raise UserValueError(f"-d {dataset_name_or_id}: {found} with id {dataset_id} in nnUNet_raw={nnUNet_raw!r}, "
-                             f"nnUNet_preprocessed={nnUNet_preprocessed!r}, nnUNet_results={nnUNet_results!r}; "
-                             "set these variables or give the dataset name")
-    return candidates[0]
-
-
-def dataset_json_of(dataset_name_or_id: str) -> dict:
-    """The ``dataset.json`` of a dataset, looked up in nnUNet_raw, then nnUNet_preprocessed."""
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-
-    name = dataset_name_of(str(dataset_name_or_id))
-    for root in (nnUNet_raw, nnUNet_preprocessed):
-        if root.is_set() and (Path(root.get()) / name / "dataset.json").is_file():
-            return load_json(str(Path(root.get()) / name / "dataset.json"))
-    raise UserFileNotFoundError(f"-d {dataset_name_or_id}: no {name}/dataset.json in nnUNet_raw={nnUNet_raw!r} "
-                                f"or nnUNet_preprocessed={nnUNet_preprocessed!r}; set these variables or give "
-                                "another dataset")
 
 
 def label_key(label_or_region: LabelOrRegion) -> str:
@@ -194,6 +161,8 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, dataset_json
             f"{len(unpredicted) + len(references)} reference cases of {reference_folder}: {', '.join(unpredicted)}; "
             "predict them, or pass --allow-missing to evaluate only the predicted cases")
     reader = determine_reader_writer_from_dataset_json(dataset_json, references[0], verbose=False)()
+    for path in references + predictions:  # before the metrics: a truncated file would be read zero-filled
+        check_complete(path, reader)
     known_labels = sorted({int(v) for v in _flat_label_values(dataset_json["labels"])})
     jobs = [(r, p, reader, targets, known_labels) for r, p in zip(references, predictions)]
     if num_processes > 1:

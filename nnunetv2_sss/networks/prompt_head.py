@@ -65,16 +65,9 @@ def head_settings_from_config(name_or_path: str) -> dict:
     has no SAM-head settings (random weights only), so it gets the SAM-2.1 values."""
     from omegaconf import OmegaConf
 
-    from nnunetv2_sss.networks import sam2_config
+    from nnunetv2_sss.networks.sam2_config import read_config
 
-    if sam2_config._is_path(name_or_path):
-        path = Path(name_or_path).expanduser()
-    else:
-        files = sam2_config._package_config_files()
-        if name_or_path not in files:
-            raise ValueError(f"unknown SAM-2 config {name_or_path!r}; use a YAML path or one of {sorted(files)}")
-        path = files[name_or_path]
-    model = OmegaConf.to_container(OmegaConf.load(path), resolve=True).get("model") or {}
+    model = OmegaConf.to_container(read_config(name_or_path), resolve=True).get("model") or {}
     settings = {k: model.get(k, v) for k, v in SAM2_MODEL_SETTINGS.items()}
     settings.update({k: (model.get("sam_mask_decoder_extra_args") or {}).get(k, v)
                      for k, v in SAM2_DECODER_EXTRA_ARGS.items()})

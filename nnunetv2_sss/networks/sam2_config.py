@@ -58,30 +58,63 @@ def _check_targets(node: Any, where: str) -> None:
             _check_targets(value, where)
 
 
-def load_image_encoder_node(name_or_path: str) -> dict:
-    """The ``model.image_encoder`` node of a SAM-2 config name or YAML file, as a plain dict.
-
-    Raises ``ValueError``/``FileNotFoundError`` naming ``nnUNet_sss_sam2_config`` and the
-    problem (unknown name, missing file, no ``model.image_encoder`` node, foreign classes).
-    """
-    from omegaconf import OmegaConf  # comes with sam2 (hydra); kept out of import time
-
+def config_file(name_or_path: str) -> Path:
+    """The YAML file of a SAM-2 config name or path (as for ``nnUNet_sss_sam2_config``); a missing file or
+    an unknown name raises :class:`UserError` naming the variable."""
     where = f"{settings.SAM2_CONFIG}={name_or_path!r}"
     if _is_path(name_or_path):
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             raise UserFileNotFoundError(f"{where}: YAML file not found: {path}")
-    else:
-        files = _package_config_files()
-        if name_or_path not in files:
-            raise UserValueError(f"{where}: unknown SAM-2 config; use a path to a YAML file or one of "
-                                 f"{', '.join(sorted(files))}")
-        path = files[name_or_path]
-    cfg = OmegaConf.load(path)
-    node = OmegaConf.select(cfg, "model.image_encoder")
-    if node is None:
-        raise UserValueError(f"{where}: {path} has no 'model.image_encoder' node (SAM-2 config schema)")
-    node = OmegaConf.to_container(node, resolve=True)
+        return path
+    files = _package_config_files()
+    if name_or_path not in files:
+        raise UserValueError(f"{where}: unknown SAM-2 config; use a path to a YAML file or one of "
+                             f"{', '.join(sorted(files))}")
+    return files[name_or_path]
+
+
+def read_config(name_or_path: str):
+    """The SAM-2 config (an OmegaConf ``DictConfig``) of a name or YAML path; a file that is no YAML mapping
+    raises :class:`UserError` naming it and, for invalid YAML, the parser's line and column."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf  # comes with sam2 (hydra); kept out of import time
+
+    path = config_file(name_or_path)
+    where = f"{settings.SAM2_CONFIG}={name_or_path!r}"
+    try:
+        cfg = OmegaConf.load(path)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise UserValueError(f"{where}: {path} is not valid YAML ({at}{problem}); fix the file or use one of the "
+                             f"SAM-2 config names") from None
+    if not isinstance(cfg, DictConfig):
+        raise UserValueError(f"{where}: {path} is not a YAML mapping with a 'model.image_encoder' node "
+                             f"(SAM-2 config schema)")
+    return cfg
+
+
+def load_image_encoder_node(name_or_path: str) -> dict:
+    """The ``model.image_encoder`` node of a SAM-2 config name or YAML file, as a plain dict.
+
+    Raises ``ValueError``/``FileNotFoundError`` naming ``nnUNet_sss_sam2_config`` and the
+    problem (unknown name, missing file, invalid YAML, no ``model.image_encoder`` node, foreign classes).
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    where = f"{settings.SAM2_CONFIG}={name_or_path!r}"
+    node = OmegaConf.select(read_config(name_or_path), "model.image_encoder")
+    try:
+        node = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    except OmegaConfBaseException as error:
+        raise UserValueError(f"{where}: model.image_encoder cannot be resolved ({str(error).splitlines()[0]})") \
+            from None
+    if not isinstance(node, dict):
+        raise UserValueError(f"{where}: {config_file(name_or_path)} has no 'model.image_encoder' node "
+                             f"(SAM-2 config schema: model: image_encoder: {{trunk: ..., neck: ...}})")
     _check_targets(node, where)
     for part in ("trunk", "neck"):
         if not isinstance(node.get(part), dict):

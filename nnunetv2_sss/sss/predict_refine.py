@@ -8,16 +8,22 @@ slice (whole slices, the head is not tied to the patch size). The refined segmen
 exported like nnU-Net's (resampled back to the original geometry) into ``-o``; with
 ``--plain DIR`` the unrefined prediction of the same logits goes to ``DIR``, so both can be
 evaluated side by side. Beyond the paper: it is not part of the SSS method's numbers.
+
+Every input file is checked before the model is loaded (names and channels against the model's
+``dataset.json``, headers, complete voxel data, NaN/inf, constant images:
+:mod:`nnunetv2_sss.data.image_checks`); ``-device`` defaults to cuda if available, else cpu.
 """
 from __future__ import annotations
 
 import argparse
 import os
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import torch
 
+from nnunetv2_sss.data.image_checks import check_cases, find_cases
+from nnunetv2_sss.devices import DEVICES, torch_device
 from nnunetv2_sss.errors import (UserFileNotFoundError, UserRuntimeError, UserValueError, dataset_name,
                                  nnunet_path, user_errors)
 from nnunetv2_sss.sss.pcsw import DEFAULT_TAU
@@ -47,13 +53,25 @@ def _one_hot(segmentation: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.from_numpy(np.eye(num_classes, dtype=np.float32)[segmentation]).movedim(-1, 0)
 
 
-def predict_refine(input_folder: str, output_folder: str, model_folder: str, fold, checkpoint: str, device: str,
-                   tau: float, plain_folder: str = None) -> int:
-    """Predict and refine every case of ``input_folder``; returns the number of cases."""
+def checked_inputs(input_folder: str, model_folder: str) -> Dict[str, List[str]]:
+    """Case -> channel files of ``input_folder`` (nnU-Net naming, the model's ``dataset.json``), every file
+    checked (:func:`~nnunetv2_sss.data.image_checks.check_cases`: headers, complete voxel data, NaN/inf,
+    constant images) before the model is loaded."""
+    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    cases = find_cases(input_folder, load_json(join(model_folder, "dataset.json")))
+    check_cases(cases, PlansManager(join(model_folder, "plans.json")).image_reader_writer_class())
+    return cases
+
+
+def predict_refine(cases: Dict[str, List[str]], output_folder: str, model_folder: str, fold, checkpoint: str,
+                   device: str, tau: float, plain_folder: str = None) -> int:
+    """Predict and refine every case (case -> channel files, as from :func:`checked_inputs`); returns the
+    number of cases."""
     from batchgenerators.utilities.file_and_folder_operations import join
     from nnunetv2.inference.export_prediction import export_prediction_from_logits
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
     predictor = nnUNetPredictor(use_mirroring=False, device=torch.device(device), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder, (fold,), checkpoint)
@@ -66,16 +84,11 @@ def predict_refine(input_folder: str, output_folder: str, model_folder: str, fol
     plans, configuration, dataset_json = predictor.plans_manager, predictor.configuration_manager, \
         predictor.dataset_json
     num_classes = predictor.label_manager.num_segmentation_heads
-    cases = create_lists_from_splitted_dataset_folder(input_folder, dataset_json["file_ending"])
-    if not cases:
-        raise UserFileNotFoundError(f"{input_folder}: no images ending in {dataset_json['file_ending']} "
-                                    f"(nnU-Net naming CASE_0000{dataset_json['file_ending']})")
     preprocessor = configuration.preprocessor_class(verbose=False)
     for folder in (output_folder, plain_folder):
         if folder:
             os.makedirs(folder, exist_ok=True)
-    for files in cases:
-        name = os.path.basename(files[0])[: -len(dataset_json["file_ending"]) - 5]
+    for name, files in cases.items():
         data, _, properties = preprocessor.run_case(files, None, plans, configuration, dataset_json)
         image = torch.from_numpy(data).float()
         logits = predictor.predict_logits_from_preprocessed_data(image)
@@ -102,7 +115,7 @@ def main() -> None:
     parser.add_argument("-p", default="nnUNetPlans")
     parser.add_argument("-f", default="0", help="one fold (the prompt head of that fold refines)")
     parser.add_argument("-chk", default="checkpoint_final.pth")
-    parser.add_argument("-device", default="cuda")
+    parser.add_argument("-device", default=None, choices=DEVICES, help="default: cuda if available, else cpu")
     parser.add_argument("--tau", type=float, default=DEFAULT_TAU)
     parser.add_argument("--plain", default=None, help="also write the unrefined prediction here")
     args = parser.parse_args()
@@ -114,6 +127,7 @@ def main() -> None:
     if args.f != "all" and not args.f.isdigit():
         raise UserValueError(f"-f {args.f!r}: give one fold, an integer or 'all'")
     fold = args.f if args.f == "all" else int(args.f)
+    device = torch_device(args.device)
     model_folder = join(nnUNet_results, dataset_name(args.d), f"{args.tr}__{args.p}__{args.c}")
     checkpoint = join(model_folder, f"fold_{fold}", args.chk)
     if not os.path.isfile(checkpoint):
@@ -121,4 +135,5 @@ def main() -> None:
                                     f"{args.c} {fold} -tr {args.tr} -p {args.p}) or pick -f / -chk / -tr / -c")
     if not os.path.isdir(args.i):
         raise UserFileNotFoundError(f"input folder {args.i} does not exist")
-    predict_refine(args.i, args.o, model_folder, fold, args.chk, args.device, args.tau, args.plain)
+    predict_refine(checked_inputs(args.i, model_folder), args.o, model_folder, fold, args.chk, device, args.tau,
+                   args.plain)
