@@ -19,12 +19,13 @@ import argparse
 import csv
 import json
 import os
-import subprocess
-import sys
 import time
 from typing import List, Optional, Sequence
 
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, user_errors
+from nnunetv2_sss.evaluation.study.processes import run_child
+from nnunetv2_sss.evaluation.study.rows import class_names_of, number
+from nnunetv2_sss.evaluation.study.trainers import trainer_classes, uses_sam2
 
 SUPERVISED = "nnUNetTrainerPlugin"
 TASKS = {  # --task: (dataset id, dataset folder, what it is, default labeled count, counts for a study)
@@ -33,16 +34,11 @@ TASKS = {  # --task: (dataset id, dataset folder, what it is, default labeled co
     "brain": (990, "Dataset990_DemoBrain", "grey matter (label 1) and white matter (label 2)", 2, "1 2 4"),
 }
 DEFAULTS = {"task": "brain", "seed": 0, "epochs": 12, "iterations": 20, "val_iterations": 2}
-SAM2_TRAINERS = ("nnUNetTrainerSSS", "nnUNetTrainerSSS_noDFE", "nnUNetTrainerSSS_noPCSW", "nnUNetTrainerSSS_baseline",
-                 "nnUNetTrainerSAM2")
 
 
 def _run(command, env) -> None:
     print("\n$ " + " ".join(str(c) for c in command), flush=True)
-    binary = os.path.join(os.path.dirname(sys.executable), command[0])
-    from nnunetv2_sss.evaluation.study import _die_with_parent
-    completed = subprocess.run([binary] + [str(c) for c in command[1:]], env=env,
-                               preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+    completed = run_child(command, env)
     if completed.returncode < 0:
         raise UserRuntimeError(f"demo stopped: {command[0]} was killed by signal {-completed.returncode}; run the "
                                "same command again to continue (finished steps and runs are kept)")
@@ -95,17 +91,8 @@ def read_rows(folder: str) -> List[dict]:
         return list(csv.DictReader(f))
 
 
-def _number(value) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 def results_table(rows: Sequence[dict], trainers: Sequence[str]) -> str:
     """Markdown table, one row per trainer in ``trainers`` order: test Dice % per class and mean, seconds."""
-    from nnunetv2_sss.evaluation.study import class_names_of
-
     by_trainer = {r["trainer"]: r for r in rows}
     missing = [t for t in trainers if t not in by_trainer]
     if missing:
@@ -116,16 +103,15 @@ def results_table(rows: Sequence[dict], trainers: Sequence[str]) -> str:
     for trainer in trainers:
         row = by_trainer[trainer]
         name = f"{trainer} (supervised)" if trainer == SUPERVISED else trainer
-        cells = [f"{_number(row[f'dice_{c}']):.2f}" for c in classes] + [f"{_number(row['dice_mean']):.2f}"]
+        cells = [f"{number(row[f'dice_{c}']):.2f}" for c in classes] + [f"{number(row['dice_mean']):.2f}"]
         lines.append(f"| {name} | " + " | ".join(cells) +
-                     f" | {_number(row['seconds']):.0f} ({_number(row['train_seconds']):.0f}) |")
+                     f" | {number(row['seconds']):.0f} ({number(row['train_seconds']):.0f}) |")
     return "\n".join(lines)
 
 
-def caveats(trainers: Sequence[str], record: dict, command: str) -> List[str]:
-    """What the demo's numbers cannot say."""
+def caveats(sam2: Sequence[str], record: dict, command: str) -> List[str]:
+    """What the demo's numbers cannot say; ``sam2``: the trainers with a SAM-2 network."""
     notes = []
-    sam2 = [t for t in trainers if t in SAM2_TRAINERS]
     if sam2:
         if record.get("sam2_checkpoint") == "random":
             notes.append(f"SAM-2 in {', '.join(sam2)} runs with RANDOM weights ({record.get('sam2_config')}; no "
@@ -159,6 +145,7 @@ def run_demo(workdir: str, trainers: Sequence[str] = ("nnUNetTrainerSSS",), conf
             raise UserValueError(f"{option} {value}: must be >= 1")
     workdir = os.path.abspath(workdir)
     env = demo_environment(workdir)
+    classes = trainer_classes(trainers, env["nnUNet_extTrainer"])
     raw, preprocessed = env["nnUNet_raw"], env["nnUNet_preprocessed"]
     started = time.time()
 
@@ -198,7 +185,7 @@ def run_demo(workdir: str, trainers: Sequence[str] = ("nnUNetTrainerSSS",), conf
                f"nnUNetv2_sss_study -d {dataset_id} -c {configuration} --num-labeled {study_counts} --seeds 5 "
                f"-tr {' '.join(trainers)} [--epochs E --iterations I] -o {os.path.join(workdir, 'study')}")
     print("\nCaveats:")
-    for note in caveats(trainers, record, example):
+    for note in caveats([t for t in trainers if uses_sam2(classes[t])], record, example):
         print(f"- {note}")
     print(f"\nFolders: {workdir} (nnUNet_raw, nnUNet_preprocessed); runs, logs, runs.csv, summary.md: {out}")
     print(f"Demo wall time: {time.time() - started:.0f} s (dataset and preprocessing {prepared:.0f} s; "

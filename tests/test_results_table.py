@@ -88,7 +88,7 @@ def test_results_table_from_real_summaries(nnunet_dataset, tmp_path):
     validation = {r["trainer"]: r for r in rows if r["evaluated_on"] == "validation"}
     for trainer, dices in expected.items():
         assert float(validation[trainer]["Dice_pct_mean"]) == pytest.approx(np.mean(dices), abs=1e-3)
-        assert float(validation[trainer]["Dice_pct_std"]) == pytest.approx(np.std(dices), abs=1e-3)
+        assert float(validation[trainer]["Dice_pct_std"]) == pytest.approx(np.std(dices, ddof=1), abs=1e-3)
         assert validation[trainer]["n"] == "2 folds"
     # unlabeled: nnU-Net's trainer none, Mean Teacher the 4 preprocessed imagesUnlabeled cases
     assert validation["nnUNetTrainer"]["unlabeled"] == "0"
@@ -118,7 +118,7 @@ def test_results_table_from_real_summaries(nnunet_dataset, tmp_path):
     assert "fold_2" in markdown and "missing" in markdown  # fold 2 was asked for and is absent
     assert f"1 reference cases had no prediction and were not evaluated: {test_cases[-1]}" in markdown
     assert "nnUNetTrainerMeanTeacher/summary_sss.json: " not in markdown
-    assert f"{hd95:.2f} ± 0.00 (n=1)" in markdown  # defined in one of the two folds
+    assert f"| {hd95:.2f} (n=1) |" in markdown  # defined in one of the two folds: no std (ddof 1)
     assert (out / f"results_{CONFIG}_{PLANS}.png").read_bytes()[:4] == b"\x89PNG"
     assert "nnUNetTrainerMeanTeacher" in done.stdout
 
@@ -145,6 +145,6 @@ def test_results_table_errors(nnunet_dataset, tmp_path, monkeypatch, capsys):
     user_error(arguments + ["--test", str(tmp_path / "a"), str(tmp_path / "b")], "--test", "one entry per trainer")
     user_error(arguments + ["--test", str(tmp_path)], "--test", "summary_sss.json: does not exist")
     user_error(arguments + ["--test", str(old_summary)], "old.json", "older nnUNetv2_sss_evaluate")
-    user_error(["-d", "987"] + arguments[2:], "-d 987", "no dataset with id 987")
+    user_error(["-d", "987"] + arguments[2:], "dataset '987'", "no DatasetXXX_* folder with this id")
     monkeypatch.delenv("nnUNet_results")
     user_error(arguments, "nnUNet_results: not set")

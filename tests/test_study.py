@@ -1,12 +1,14 @@
-"""``nnUNetv2_sss_study``: summary statistics (unit) and a tiny study through the real commands
-(integration: killed with SIGKILL and started again, it resumes without retraining the finished
-run, redoes the half-written one, and the same seed gives the same model and Dice on CPU)."""
+"""``nnUNetv2_sss_study``: summary statistics, the plan, SAM-2 trainers found by their recipe and the
+recorded command (unit), and a tiny study through the real commands (integration: killed with SIGKILL
+and started again, it resumes without retraining the finished run, redoes the half-written one, and the
+same seed gives the same model and Dice on CPU; user errors, a second study on the same folder)."""
 from __future__ import annotations
 
 import csv
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,8 +18,16 @@ import pytest
 from scipy.stats import wilcoxon
 
 from helpers import BIN, run_cli
-from nnunetv2_sss.evaluation.study import (ALL, gap_closed, mean_std, paired_comparison, parse_counts, plan_runs,
-                                           summary_markdown, values_by_seed)
+from conftest import TRAINERS_FOLDER
+from nnunetv2_sss.data.folder_lock import FolderLock
+from nnunetv2_sss.errors import UserValueError
+from nnunetv2_sss.evaluation.statistics import gap_closed, mean_std, paired_comparison
+from nnunetv2_sss.evaluation.study.command import recorded_command
+from nnunetv2_sss.evaluation.study.plan import ALL, parse_counts, plan_runs
+from nnunetv2_sss.evaluation.study.rows import values_by_seed
+from nnunetv2_sss.evaluation.study.runner import LOCK_FILE
+from nnunetv2_sss.evaluation.study.summary import summary_markdown
+from nnunetv2_sss.evaluation.study.trainers import trainer_classes, uses_sam2
 
 SUPERVISED, SEMI = "nnUNetTrainerPlugin", "nnUNetTrainerMeanTeacher"
 
@@ -98,6 +108,44 @@ def test_ceiling_split_labels_every_training_case(tmp_path):
     splits = make_semi_supervised_splits(str(tmp_path), [f"c{i}" for i in range(10)], labeled_fraction=1.0, seed=3)
     final = json.load(open(tmp_path / "splits_final.json"))
     assert not splits[0]["unlabeled"] and len(final[0]["train"]) == 8 and not set(final[0]["train"]) & set(final[0]["val"])
+
+
+EXTRA_TRAINERS = """
+from nnunetv2_sss.networks.recipes import SAM2Recipe
+from nnunetv2_sss.training.trainers import nnUNetTrainerUniMatchV2
+
+
+class nnUNetTrainerUniMatchV2SAM2(nnUNetTrainerUniMatchV2):
+    recipe = SAM2Recipe()
+
+
+class nnUNetTrainerRecipeClass(nnUNetTrainerUniMatchV2):
+    recipe = SAM2Recipe  # a class instead of an instance
+"""
+
+
+def test_sam2_trainers_are_found_by_their_recipe_not_their_name(tmp_path):
+    """Names resolved as nnUNetv2_train resolves them (nnU-Net's trainers, then nnUNet_extTrainer's folders);
+    SAM-2 = a SAM2Recipe (or subclass: SSS) as the recipe, also in a subclass defined elsewhere."""
+    (tmp_path / "extra_trainers.py").write_text(EXTRA_TRAINERS)
+    names = ["nnUNetTrainer", "nnUNetTrainerPlugin", "nnUNetTrainerUniMatchV2", "nnUNetTrainerSSS",
+             "nnUNetTrainerSSS_noDFE", "nnUNetTrainerSAM2", "nnUNetTrainerUniMatchV2SAM2", "nnUNetTrainerRecipeClass"]
+    classes = trainer_classes(names, os.pathsep.join([TRAINERS_FOLDER, str(tmp_path)]))
+    assert [n for n in names if uses_sam2(classes[n])] == [
+        "nnUNetTrainerSSS", "nnUNetTrainerSSS_noDFE", "nnUNetTrainerSAM2", "nnUNetTrainerUniMatchV2SAM2",
+        "nnUNetTrainerRecipeClass"]
+    with pytest.raises(UserValueError, match=r"^-tr nnUNetTrainerNoSuch: no such trainer in nnU-Net or "
+                                             r"nnUNet_extTrainer"):
+        trainer_classes(["nnUNetTrainerPlugin", "nnUNetTrainerNoSuch"], TRAINERS_FOLDER)
+
+
+def test_recorded_command_names_the_output_folder_relative_to_the_current_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert recorded_command(["-d", "991", "-tr", "A", "B", "-o", str(tmp_path / "studies" / "x")]) == \
+        "nnUNetv2_sss_study -d 991 -tr A B -o studies/x"
+    assert recorded_command([f"-o{tmp_path}/y", "--seeds", "3"]) == "nnUNetv2_sss_study -oy --seeds 3"
+    assert recorded_command([f"-o={tmp_path}/z/"]) == "nnUNetv2_sss_study -o=z"
+    assert recorded_command(["-o", "study lesion"]) == "nnUNetv2_sss_study -o 'study lesion'"
 
 
 # ---- the real commands ------------------------------------------------------------------------------
@@ -233,8 +281,18 @@ def test_study_user_errors(nnunet_dataset, tmp_path):
     env = nnunet_dataset.env()
     base = ["nnUNetv2_sss_study", "-d", nnunet_dataset.dataset_id, "-c", "2d", "-device", "cpu", "-o", tmp_path / "x"]
     for extra, message in ((["-tr", "nnUNetTrainer", "--num-labeled", 2], "not a trainer of the plugin"),
+                           (["-tr", SUPERVISED, "nnUNetTrainerNoSuch", "--num-labeled", 2],
+                            "-tr nnUNetTrainerNoSuch: no such trainer"),
                            (["-tr", SUPERVISED, "--num-labeled", 7], "fold 0 has 6 training cases")):
         result = run_cli(base + extra, env, expect_failure=True)
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert lines[-1].startswith("ERROR: ") and message in lines[-1], result.stderr
+    assert not (tmp_path / "x").exists()  # stopped before the first run
+    with FolderLock(str(tmp_path / "x"), "nnUNetv2_sss_study", LOCK_FILE):  # a study running in this folder
+        result = run_cli(base + ["-tr", SUPERVISED, "--num-labeled", 2], env, expect_failure=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"ERROR: {tmp_path / 'x'}: another nnUNetv2_sss_study run (pid {os.getpid()} on host {socket.gethostname()}) "
+        "is writing into this folder; wait until it has finished (or stop it), then run this command again.")
+    assert os.listdir(tmp_path / "x") == [LOCK_FILE]  # nothing written

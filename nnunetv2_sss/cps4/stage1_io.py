@@ -3,19 +3,19 @@
 ``nnUNet_results/DatasetXXX_Name/cps4_pretraining__PLANS__CONFIGURATION/fold_K/`` holds
 ``cps4_stage1.pt`` (model config, weights incl. the class-prompt embeddings, metadata),
 ``cps4_stage1.json`` (the same metadata, readable), ``training_log.csv`` and
-``attention_maps/``. Files are written to a temporary name and moved into place
-(``os.replace``), so a reader never sees a half-written file.
+``attention_maps/``. Weights and metadata are written atomically
+(:func:`nnunetv2_sss.atomic_files.write_atomically`), so a reader never sees a half-written file.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 import torch
 
+from nnunetv2_sss.atomic_files import write_atomically, write_text_atomically
 from nnunetv2_sss.cps4.model import ClassPromptConfig, ClassPromptModel
 from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, nnunet_path
 
@@ -34,22 +34,16 @@ def stage1_output_folder(dataset_name: str, plans: str, fold: int, configuration
     return Path(results_root) / dataset_name / f"{FOLDER_PREFIX}__{plans}__{configuration}" / f"fold_{fold}"
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` then ``os.replace(tmp, path)``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_stage1(folder: Path, model: ClassPromptModel, metadata: dict) -> None:
     """Write weights + config + metadata (JSON-serialisable dict) into ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     checkpoint = {"format_version": FORMAT_VERSION, "config": model.cfg.to_dict(),
                   "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                   "metadata": metadata}
-    atomic_write(folder / WEIGHTS_FILE, lambda p: torch.save(checkpoint, p))
-    text = json.dumps({"config": model.cfg.to_dict(), **metadata}, indent=2)
-    atomic_write(folder / METADATA_FILE, lambda p: p.write_text(text))
+    rerun = f"run `{_command_hint(folder)}` again"
+    write_atomically(folder / WEIGHTS_FILE, lambda f: torch.save(checkpoint, f), then=rerun)
+    write_text_atomically(folder / METADATA_FILE, json.dumps({"config": model.cfg.to_dict(), **metadata}, indent=2),
+                          then=rerun)
 
 
 def _command_hint(folder: Path) -> str:

@@ -1,8 +1,9 @@
 """An exclusive lock on an output folder, so that two runs never write into it at the same time.
 
-``fcntl.flock`` on ``<folder>/.preprocess_unlabeled.lock``; the holder writes ``<pid> <host>`` into the
-file. The lock is the kernel's: it goes away when the holding process ends, however it ends (a killed
-run leaves no stale lock; the file itself stays and is harmless). A second run does not wait: it raises
+``fcntl.flock`` on ``<folder>/.preprocess_unlabeled.lock`` (or the file a command names, e.g. the
+study's ``.study.lock``); the holder writes ``<pid> <host>`` into the file. The lock is the kernel's: it
+goes away when the holding process ends, however it ends (a killed run leaves no stale lock; the file
+itself stays and is harmless). A second run does not wait: it raises
 :class:`FolderLockedError` naming the holder.
 """
 from __future__ import annotations
@@ -27,9 +28,9 @@ class FolderLock:
     """``with FolderLock(folder):`` holds the folder's lock (creating the folder) or raises
     :class:`FolderLockedError` at once."""
 
-    def __init__(self, folder: str, command: str = "nnUNetv2_sss_preprocess_unlabeled"):
+    def __init__(self, folder: str, command: str = "nnUNetv2_sss_preprocess_unlabeled", file: str = LOCK_FILE):
         self.folder = folder
-        self.path = os.path.join(folder, LOCK_FILE)
+        self.path = os.path.join(folder, file)
         self.command = command
         self._fd = None
 

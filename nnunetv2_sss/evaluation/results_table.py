@@ -6,7 +6,8 @@ Rows:
 * validation (one per trainer): each fold's ``fold_K/validation/summary_sss.json``
   (``nnUNetv2_sss_evaluate`` output: its headline, with 95HD/ASD/ASSD) if present, otherwise
   nnU-Net's ``summary.json`` (``foreground_mean`` Dice and IoU x 100; no distances).
-  Value = mean ± std (ddof 0) over the folds found; missing folds are listed.
+  Value = mean ± sample std (ddof 1, :mod:`~nnunetv2_sss.evaluation.statistics`) over the folds found
+  (one fold: the mean alone); missing folds are listed.
 * test (one per ``--test`` entry, in ``-tr`` order): a ``nnUNetv2_sss_evaluate`` json, or a
   prediction folder holding ``summary_sss.json``; value = headline mean ± std over cases.
 
@@ -29,11 +30,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
-from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserValueError, user_errors
-from nnunetv2_sss.evaluation.evaluate import DEFAULT_OUTPUT_NAME, dataset_name_of, load_summary, stats_of
+from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserValueError, dataset_name, user_errors
+from nnunetv2_sss.evaluation.evaluate import DEFAULT_OUTPUT_NAME, load_summary, stats_of
+from nnunetv2_sss.evaluation.statistics import mean_std
 
 TABLE_METRICS = (("Dice_pct", "Dice %"), ("Jaccard_pct", "Jaccard %"), ("HD95_vox", "95HD (vox)"),
                  ("ASD_vox", "ASD (vox)"), ("ASSD_vox", "ASSD (vox)"))
+STATS = ("mean", "std", "n")
 
 
 @dataclass
@@ -42,7 +45,7 @@ class Row:
     evaluation: str                               # "validation" or "test"
     unlabeled: str                                # number of unlabeled cases, "?" if unknown
     total: int                                    # folds (validation) or cases (test) found
-    stats: Dict[str, Tuple[float, float, int]]    # metric -> (mean, std, folds/cases it is defined in)
+    stats: Dict[str, Dict[str, float]]            # metric -> mean, std, n (folds/cases it is defined in)
 
     @property
     def count(self) -> str:
@@ -60,14 +63,6 @@ def fold_scores(validation_folder: str) -> Optional[Dict[str, float]]:
         return {"Dice_pct": 100 * foreground["Dice"], "Jaccard_pct": 100 * foreground["IoU"],
                 "HD95_vox": float("nan"), "ASD_vox": float("nan"), "ASSD_vox": float("nan")}
     return None
-
-
-def mean_std(values: Sequence[float]) -> Tuple[float, float, int]:
-    """(mean, std with ddof 0, count) of the finite values."""
-    finite = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    if not finite.size:
-        return float("nan"), float("nan"), 0
-    return float(finite.mean()), float(finite.std()), int(finite.size)
 
 
 def validation_row(trainer_folder: str, trainer: str, folds: Sequence[str], unlabeled: str) -> Tuple[Row, List[str]]:
@@ -93,7 +88,7 @@ def test_row(path: str, trainer: str, unlabeled: str) -> Tuple[Row, List[str]]:
                                     f"predictions of {trainer}")
     result = load_summary(file)
     headline = stats_of(result, result["headline"])
-    stats = {name: tuple(headline[name][s] for s in ("mean", "std", "n")) for name, _ in TABLE_METRICS}
+    stats = {name: headline[name] for name, _ in TABLE_METRICS}
     unpredicted = result.get("references_without_prediction", [])
     notes = [f"{file}: {len(unpredicted)} reference cases had no prediction and were not evaluated: "
              + ", ".join(unpredicted)] if unpredicted else []
@@ -128,11 +123,13 @@ def unlabeled_pool_sizes(dataset_name: str, configuration: str, plans: str, fold
     return str(sizes[0]) if len(set(sizes)) == 1 else "/".join(map(str, sizes))
 
 
-def format_cell(mean: float, std: float, n: int, total: int) -> str:
-    """``mean ± std``, with ``(n=k)`` when the metric is defined in fewer folds/cases than the row has."""
-    if not np.isfinite(mean):
+def format_cell(stats: Dict[str, float], total: int) -> str:
+    """``mean ± std`` (the mean alone without a std: one fold), with ``(n=k)`` when the metric is defined in
+    fewer folds/cases than the row has."""
+    if not np.isfinite(stats["mean"]):
         return "–"
-    return f"{mean:.2f} ± {std:.2f}" + (f" (n={n})" if n != total else "")
+    return (f"{stats['mean']:.2f}" + (f" ± {stats['std']:.2f}" if np.isfinite(stats["std"]) else "")
+            + (f" (n={stats['n']})" if stats["n"] != total else ""))
 
 
 def to_markdown(rows: Sequence[Row], title: str, notes: Sequence[str]) -> str:
@@ -140,7 +137,7 @@ def to_markdown(rows: Sequence[Row], title: str, notes: Sequence[str]) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row.trainer, row.unlabeled, row.evaluation, row.count] + \
-                [format_cell(*row.stats[name], row.total) for name, _ in TABLE_METRICS]
+                [format_cell(row.stats[name], row.total) for name, _ in TABLE_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""] + [f"- {note}" for note in notes]) + "\n"
 
@@ -149,11 +146,11 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["trainer", "unlabeled", "evaluated_on", "n"] +
-                        [f"{name}_{s}" for name, _ in TABLE_METRICS for s in ("mean", "std", "n")])
+                        [f"{name}_{s}" for name, _ in TABLE_METRICS for s in STATS])
         for row in rows:
+            values = [row.stats[name][s] for name, _ in TABLE_METRICS for s in STATS]
             writer.writerow([row.trainer, row.unlabeled, row.evaluation, row.count] +
-                            [f"{v:.4f}" if isinstance(v, float) else v
-                             for name, _ in TABLE_METRICS for v in row.stats[name]])
+                            [f"{v:.4f}" if isinstance(v, float) else v for v in values])
 
 
 def bar_chart(rows: Sequence[Row], trainers: Sequence[str], title: str, path: str) -> None:
@@ -167,8 +164,8 @@ def bar_chart(rows: Sequence[Row], trainers: Sequence[str], title: str, path: st
     figure, axis = plt.subplots(figsize=(1.6 * len(trainers) + 2, 4.5))
     for offset, evaluation in enumerate(evaluations):
         by_trainer = {r.trainer: r.stats["Dice_pct"] for r in rows if r.evaluation == evaluation}
-        means = [by_trainer.get(t, (np.nan, np.nan, 0))[0] for t in trainers]
-        stds = [by_trainer.get(t, (np.nan, np.nan, 0))[1] for t in trainers]
+        means = [by_trainer[t]["mean"] if t in by_trainer else np.nan for t in trainers]
+        stds = [by_trainer[t]["std"] if t in by_trainer else np.nan for t in trainers]
         axis.bar(np.arange(len(trainers)) + (offset - (len(evaluations) - 1) / 2) * width, means, width,
                  yerr=stds, capsize=3, label=evaluation)
     axis.set_xticks(np.arange(len(trainers)))
@@ -231,16 +228,16 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     if not nnUNet_results.is_set():
         raise UserRuntimeError("nnUNet_results: not set; point it to the folder nnUNetv2_train wrote to")
-    dataset_name = dataset_name_of(args.d)
-    rows, missing = collect_rows(dataset_name, args.c, args.tr, args.p, args.f, args.test, args.unlabeled)
-    output = args.o or os.path.join(str(nnUNet_results), dataset_name, "sss_results")
+    dataset = dataset_name(args.d)
+    rows, missing = collect_rows(dataset, args.c, args.tr, args.p, args.f, args.test, args.unlabeled)
+    output = args.o or os.path.join(str(nnUNet_results), dataset, "sss_results")
     os.makedirs(output, exist_ok=True)
     stem = os.path.join(output, f"results_{args.c}_{args.p}")
-    title = f"{dataset_name}, {args.c}, {args.p}"
-    notes = ["validation: mean ± std (ddof 0) over folds " + " ".join(args.f) +
+    title = f"{dataset}, {args.c}, {args.p}"
+    notes = ["validation: mean ± sample std (ddof 1) over folds " + " ".join(args.f) +
              "; from summary_sss.json where present, else nnU-Net's summary.json (no 95HD/ASD/ASSD)",
-             "test: mean ± std over cases of the nnUNetv2_sss_evaluate headline (merged foreground if evaluated "
-             "with --merge-foreground, else mean over classes)",
+             "test: mean ± std (ddof 0) over cases of the nnUNetv2_sss_evaluate headline (merged foreground if "
+             "evaluated with --merge-foreground, else mean over classes)",
              "ASD: mean distance from the prediction's surface to the reference's (MedPy asd(pred, gt), as the "
              "papers); ASSD: the symmetric mean over both directions (MedPy assd)"]
     notes += [f"missing: {m}" for m in missing]

@@ -2,7 +2,9 @@
 
 - :func:`save_atomically`: a crash (or ``kill -9``) while saving never leaves a truncated
   ``.pth``: the file is written to ``<name>.tmp``, flushed to disk, then renamed onto
-  ``<name>``, so the previous checkpoint stays intact until the new one is complete.
+  ``<name>``, so the previous checkpoint stays intact until the new one is complete; a full
+  disk removes the partial file and stops with one error line
+  (:func:`nnunetv2_sss.atomic_files.write_atomically`).
 - :func:`capture_rng_state` / :func:`restore_rng_state`: Python's ``random``, NumPy's global
   generator, torch's CPU generator, the CUDA generator of the training device, and the
   trainer's own generators (``seeding.trainer_generators``: attributes holding a
@@ -15,22 +17,19 @@
 """
 from __future__ import annotations
 
-import os
 import random
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
+from nnunetv2_sss.atomic_files import write_atomically
+
 
 def save_atomically(checkpoint: dict, filename: str) -> None:
-    """``torch.save`` to ``filename + '.tmp'``, ``fsync``, then ``os.replace`` onto ``filename``."""
-    temporary = filename + ".tmp"
-    with open(temporary, "wb") as f:
-        torch.save(checkpoint, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, filename)
+    """``torch.save`` through :func:`~nnunetv2_sss.atomic_files.write_atomically`."""
+    write_atomically(filename, lambda f: torch.save(checkpoint, f),
+                     then="continue the training with nnU-Net's --c (the same nnUNetv2_train command plus --c)")
 
 
 def _generator_state(generator):

@@ -1,0 +1,72 @@
+"""The command line of ``nnUNetv2_sss_study``: its options (:func:`build_parser`) and entry point (:func:`main`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from typing import List, Optional, Sequence
+
+from nnunetv2_sss.devices import DEVICES, torch_device
+from nnunetv2_sss.errors import user_errors
+from nnunetv2_sss.evaluation.study.runner import Study
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nnUNetv2_sss_study",
+        description="Supervised vs semi-supervised trainers over labeled counts and seeds: splits, nnUNetv2_train, "
+                    "nnUNetv2_predict and evaluation per run, resumable; writes runs.csv, summary.md and "
+                    "learning_curve.png. The dataset must be planned and preprocessed (and its imagesUnlabeled "
+                    "preprocessed with nnUNetv2_sss_preprocess_unlabeled).")
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-c", default="2d", help="configuration (default 2d)")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("--num-labeled", nargs="+", required=True,
+                        help="labeled counts of fold 0 (e.g. 2 4 8); 'all' = the ceiling (on by default)")
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (default 3): splits and training seed")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed ... (default 0)")
+    parser.add_argument("-tr", nargs="+", required=True, help="trainers (plugin trainers, e.g. nnUNetTrainerPlugin "
+                                                              "for supervised nnU-Net)")
+    parser.add_argument("--supervised", default=None,
+                        help="the reference trainer (default: nnUNetTrainerPlugin if listed, else the first -tr)")
+    parser.add_argument("--epochs", type=int, default=None, help="nnUNet_sss_num_epochs (default: trainer's)")
+    parser.add_argument("--iterations", type=int, default=None, help="nnUNet_sss_iterations_per_epoch")
+    parser.add_argument("--val-iterations", type=int, default=None, help="nnUNet_sss_val_iterations_per_epoch")
+    parser.add_argument("-device", default=None, choices=DEVICES,
+                        help="device for nnUNetv2_train / nnUNetv2_predict (default cuda if available, else cpu)")
+    parser.add_argument("--fold", type=int, default=0, choices=range(5), help="fold of the splits (default 0)")
+    parser.add_argument("--disable-tta", action="store_true", help="predict without mirroring (faster)")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the all-labeled supervised runs")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="stop after this many runs (the same command continues the study)")
+    parser.add_argument("-o", default=None, help="output folder (default ./study_<dataset>_<configuration>)")
+    return parser
+
+
+def recorded_command(argv: Sequence[str]) -> str:
+    """The command line as ``summary.md`` records it: ``-o`` relative to the current folder (no path of
+    the machine it ran on), everything else as given."""
+    words, output_next = ["nnUNetv2_sss_study"], False
+    for word in argv:
+        if output_next:
+            word = os.path.relpath(word)
+        elif word.startswith("-o") and len(word) > 2:  # -oOUT, -o=OUT
+            option = "-o=" if word[2] == "=" else "-o"
+            word = option + os.path.relpath(word[len(option):])
+        output_next = word == "-o"
+        words.append(word)
+    return " ".join(shlex.quote(w) for w in words)
+
+
+@user_errors
+def main(argv: Optional[List[str]] = None) -> None:
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = build_parser().parse_args(argv)
+    args.device = torch_device(args.device)
+    try:
+        Study(args, recorded_command(argv)).run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: the runs finished so far are kept; run the same command again to continue",
+              file=sys.stderr)
+        sys.exit(130)
