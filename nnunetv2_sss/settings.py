@@ -35,11 +35,20 @@ DEFAULT_SAVE_EVERY = 1
 RANDOM_WEIGHTS = "random"
 
 
-def _positive_int(name: str) -> Optional[int]:
-    """The value of ``name`` as a positive int, ``None`` when unset or empty."""
-    raw = os.environ.get(name, "").strip()
-    if not raw:
+# the option each variable overrides (training/options.py: the variable wins over every other source)
+OPTION_VARIABLES = {NUM_EPOCHS: "num_epochs", ITERATIONS_PER_EPOCH: "num_iterations_per_epoch",
+                    VAL_ITERATIONS_PER_EPOCH: "num_val_iterations_per_epoch", SAVE_EVERY: "save_every"}
+EMPTY = object()  # a variable that is set to "" (an undefined shell variable): the default applies
+
+
+def option_variable(name: str):
+    """The value of the option variable ``name`` as a whole number >= 1; ``None`` when unset,
+    :data:`EMPTY` when set but empty."""
+    if name not in os.environ:
         return None
+    raw = os.environ[name].strip()
+    if not raw:
+        return EMPTY
     try:
         value = int(raw)
     except ValueError:
@@ -51,21 +60,18 @@ def _positive_int(name: str) -> Optional[int]:
     return value
 
 
+def _positive_int(name: str) -> Optional[int]:
+    """The value of ``name`` as a positive int, ``None`` when unset or empty."""
+    value = option_variable(name)
+    return None if value is EMPTY else value
+
+
 def num_epochs() -> Optional[int]:
     return _positive_int(NUM_EPOCHS)
 
 
 def iterations_per_epoch() -> Optional[int]:
     return _positive_int(ITERATIONS_PER_EPOCH)
-
-
-def val_iterations_per_epoch() -> Optional[int]:
-    return _positive_int(VAL_ITERATIONS_PER_EPOCH)
-
-
-def save_every() -> int:
-    """Epochs between two writes of ``checkpoint_latest.pth`` (default 1: every epoch)."""
-    return _positive_int(SAVE_EVERY) or DEFAULT_SAVE_EVERY
 
 
 def sam2_config() -> str:

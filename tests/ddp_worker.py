@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import trainer_harness  # noqa: E402
+from plugin_trainers import trainer_models  # noqa: E402
 
 
 def cpu_trainer_class(name: str):
@@ -56,11 +57,9 @@ def build(name: str, dataset: str):
 
 
 def trained_modules(trainer):
-    """(name, DDP-wrapped module, max clip norm) of every network the optimiser trains."""
-    modules = [('student', trainer.network)]
-    if getattr(trainer, 'network_b', None) is not None:
-        modules.append(('network_b', trainer.network_b))
-    return modules
+    """(name, DDP-wrapped module) of every network the optimiser trains."""
+    objective = getattr(trainer, 'ssl_objective', None)
+    return [('student', trainer.network)] + (list(objective.trained_modules.items()) if objective else [])
 
 
 def gathered(tensor):
@@ -112,7 +111,6 @@ def checked_step(trainer, batch) -> dict:
 
 def run(name: str, dataset: str, steps: int, checked: int) -> dict:
     import torch
-    from nnunetv2_sss.networks.passes import unwrap
     from nnunetv2_sss.training.ddp import parameter_checksum
     trainer = build(name, dataset)
     started = time.perf_counter()
@@ -135,10 +133,7 @@ def run(name: str, dataset: str, steps: int, checked: int) -> dict:
                 result['gradients'] = checked_step(trainer, batch)
             else:
                 trainer.train_step(batch)
-        models = {'student': unwrap(trainer.network)}
-        for attribute in ('teacher', 'network_b'):
-            if isinstance(getattr(trainer, attribute, None), torch.nn.Module):
-                models[attribute] = unwrap(getattr(trainer, attribute))
+        models = trainer_models(trainer)
         result['checksums'] = {k: [c.tolist() for c in gathered(parameter_checksum(m))] for k, m in models.items()}
         result['batch_sums'] = [s.tolist() for s in gathered(torch.tensor(batch_sums, dtype=torch.float64))]
         result['seconds'] = round(time.perf_counter() - started, 2)

@@ -10,8 +10,8 @@ transcriptions of the reference code: github.com/HiLab-git/SSL4MIS, folder ``cod
 - ``train_cross_pseudo_supervision_2D.py`` (commit 9a74d155) lines 179-195.
 
 The transcriptions keep SSL4MIS's names and expressions (``.cuda()`` dropped, ``args.*`` passed
-in); the trainers' own ``unlabeled_loss`` / ``unlabeled_weight`` run on an instance made without
-nnU-Net's ``__init__`` (tiny conv networks, no dataset).
+in); the trainers' objectives (``unlabeled_loss`` / ``unlabeled_weight``) run with their default
+options on a trainer instance made without nnU-Net's ``__init__`` (tiny conv networks, no dataset).
 """
 import math
 
@@ -24,6 +24,7 @@ from torch.nn.modules.loss import CrossEntropyLoss
 from nnunetv2_sss.ssl.cross_pseudo import cross_pseudo_supervision_loss
 from nnunetv2_sss.ssl.mixup import mix_pairs, sample_mixup_factors, split_pairs
 from nnunetv2_sss.ssl.ssl4mis import iteration_rampup, normalised_entropy, sigmoid_rampup, teacher_input_noise
+from nnunetv2_sss.training.options import declared_defaults
 from nnunetv2_sss.training.trainers import (nnUNetTrainerCPS, nnUNetTrainerEntropyMin, nnUNetTrainerICT,
                                              nnUNetTrainerMeanTeacher)
 
@@ -127,15 +128,16 @@ def _conv(seed, in_channels=1, classes=3):
 def _bare_trainer(cls, **attributes):
     """An instance of the trainer class without nnU-Net's __init__ (no plans, no dataset)."""
     trainer = object.__new__(cls)
-    trainer.confidence_threshold = 0.95
     for key, value in attributes.items():
         setattr(trainer, key, value)
     return trainer
 
 
-def _objective(trainer):
-    """The trainer's objective (``nnunetv2_sss/objectives``) on the bare trainer."""
-    return type(trainer).objective(trainer)
+def _objective(trainer, **options):
+    """The trainer's objective (``nnunetv2_sss/objectives``) on the bare trainer, with its default
+    options except ``options``."""
+    trainer.ssl_objective = type(trainer).objective(trainer, **options)
+    return trainer.ssl_objective
 
 
 def _images(batch, seed=0, channels=1, size=8):
@@ -172,6 +174,7 @@ def test_unlabeled_weight_equals_ssl4mis_consistency_weight(cls):
     is twice SSL4MIS's 0.5 (CE + Dice)); Mean Teacher's is 0 for the first 1000 iterations (SSL4MIS
     sets the consistency loss to 0 there)."""
     trainer = _bare_trainer(cls, num_epochs=120, num_iterations_per_epoch=250)
+    _objective(trainer)
     for iteration in list(range(0, 2000)) + list(range(2000, 30001, 13)):
         trainer.ssl_iteration = iteration
         expected = 2 * ssl4mis_get_current_consistency_weight(iteration // 150)
@@ -181,14 +184,18 @@ def test_unlabeled_weight_equals_ssl4mis_consistency_weight(cls):
 
 
 def test_ssl4mis_defaults():
+    defaults = {cls: {name: value for name, (value, _) in declared_defaults(cls.objective).items()}
+                for cls in BASELINES}
     for cls in BASELINES:
-        assert cls.unlabeled_loss_weight == 2 * 0.1 and cls.unlabeled_rampup_fraction == 1.0
-        assert cls.rampup_length == 200.0
-    assert nnUNetTrainerMeanTeacher.ema_decay == nnUNetTrainerICT.ema_decay == 0.99
-    assert nnUNetTrainerICT.mixup_alpha == 0.2
-    assert nnUNetTrainerMeanTeacher.consistency_start_fraction == 1000 / 30000
-    assert nnUNetTrainerEntropyMin.consistency_start_fraction == nnUNetTrainerICT.consistency_start_fraction == \
-        nnUNetTrainerCPS.consistency_start_fraction == 0.0
+        assert defaults[cls]["unlabeled_loss_weight"] == 2 * 0.1 and defaults[cls]["unlabeled_rampup_fraction"] == 1.0
+        assert defaults[cls]["rampup_length"] == 200.0
+    assert defaults[nnUNetTrainerMeanTeacher]["ema_decay"] == defaults[nnUNetTrainerICT]["ema_decay"] == 0.99
+    assert defaults[nnUNetTrainerICT]["mixup_alpha"] == 0.2
+    assert defaults[nnUNetTrainerMeanTeacher]["consistency_start_fraction"] == 1000 / 30000
+    assert defaults[nnUNetTrainerEntropyMin]["consistency_start_fraction"] == \
+        defaults[nnUNetTrainerICT]["consistency_start_fraction"] == defaults[nnUNetTrainerCPS]["consistency_start_fraction"] == 0.0
+    # no teacher where the method has none
+    assert [cls.objective.uses_teacher for cls in BASELINES] == [True, False, True, False]
 
 
 # ---- Mean Teacher ---------------------------------------------------------------------------------
@@ -227,9 +234,8 @@ def test_teacher_noise_is_in_units_of_the_intensity_range():
 def test_entropy_min_loss_equals_ssl4mis(num_classes):
     network = _conv(3)
     labeled, unlabeled = _images(2, seed=1), _images(3, seed=2)
-    trainer = _bare_trainer(nnUNetTrainerEntropyMin, network=network, loss=lambda output, target: output.sum() * 0,
-                            entropy_num_classes=num_classes)
-    objective = _objective(trainer)
+    trainer = _bare_trainer(nnUNetTrainerEntropyMin, network=network, loss=lambda output, target: output.sum() * 0)
+    objective = _objective(trainer, entropy_num_classes=num_classes)
     _, labeled_output, _ = objective.supervised_loss(labeled, None)
     loss, _ = objective.unlabeled_loss({'data': unlabeled}, labeled_output)
     # SSL4MIS: outputs_soft of the whole batch (labeled + unlabeled), C = 4 in the script
@@ -254,9 +260,10 @@ def test_normalised_entropy_of_known_distribution():
 def test_ict_loss_equals_ssl4mis(batch):
     student, teacher = _conv(4), _conv(5)
     unlabeled = _images(batch, seed=3)
-    trainer = _bare_trainer(nnUNetTrainerICT, network=student, teacher=teacher,
-                            mixup_rng=np.random.default_rng(11), mixup_alpha=0.2)
-    loss, _ = _objective(trainer).unlabeled_loss({'data': unlabeled})
+    trainer = _bare_trainer(nnUNetTrainerICT, network=student, teacher=teacher)
+    objective = _objective(trainer)
+    objective.mixup_rng = np.random.default_rng(11)
+    loss, _ = objective.unlabeled_loss({'data': unlabeled})
     pairs = batch // 2
     # SSL4MIS: labeled_bs // 2 pairs from an unlabeled batch of labeled_bs; np.random.beta(a, a, size=(n, 1, 1, 1))
     mix_factors = np.random.default_rng(11).beta(0.2, 0.2, size=(pairs, 1, 1, 1))
@@ -298,8 +305,10 @@ def test_mixup_factors_are_beta_distributed():
 def test_cps_loss_equals_ssl4mis():
     network_1, network_2 = _conv(6), _conv(7)
     unlabeled = _images(3, seed=4)
-    trainer = _bare_trainer(nnUNetTrainerCPS, network=network_1, network_b=network_2)
-    loss, figures = _objective(trainer).unlabeled_loss({'data': unlabeled})
+    trainer = _bare_trainer(nnUNetTrainerCPS, network=network_1)
+    objective = _objective(trainer)
+    objective.trained_modules['network_b'] = network_2
+    loss, figures = objective.unlabeled_loss({'data': unlabeled})
     supervision_1, supervision_2 = ssl4mis_cps_pseudo_supervision(network_1(unlabeled), network_2(unlabeled))
     assert loss.item() == pytest.approx((supervision_1 + supervision_2).item(), rel=1e-6)
     assert 0 <= figures['ssl_cps_agreement'] <= 1

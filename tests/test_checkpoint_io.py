@@ -57,9 +57,11 @@ def test_save_atomically_replaces_and_leaves_no_temporary(tmp_path):
 
 def test_save_every_variable(monkeypatch):
     monkeypatch.delenv(settings.SAVE_EVERY, raising=False)
-    assert settings.save_every() == 1
+    assert settings.option_variable(settings.SAVE_EVERY) is None
     monkeypatch.setenv(settings.SAVE_EVERY, "5")
-    assert settings.save_every() == 5
+    assert settings.option_variable(settings.SAVE_EVERY) == 5
+    monkeypatch.setenv(settings.SAVE_EVERY, " ")
+    assert settings.option_variable(settings.SAVE_EVERY) is settings.EMPTY
     monkeypatch.setenv(settings.SAVE_EVERY, "0")
     with pytest.raises(ValueError, match=settings.SAVE_EVERY):
-        settings.save_every()
+        settings.option_variable(settings.SAVE_EVERY)

@@ -1,4 +1,4 @@
-"""CPS4 stage 2's unlabeled loss (METHOD.md 2.2): ``1/2 [CE(y_s, y_text) + CE(y_s, (p_t + onehot(y_text)) / 2)]``,
+"""CPS4 stage 2's unlabeled loss (docs/method.md 2.2): ``1/2 [CE(y_s, y_text) + CE(y_s, (p_t + onehot(y_text)) / 2)]``,
 against PyTorch's own cross-entropy with probability targets (``F.cross_entropy(logits, probabilities)``,
 an independent implementation), and the teacher's part in it."""
 import pytest
@@ -16,12 +16,13 @@ def _conv(seed, classes=3):
 
 
 def _cps4(student, teacher, text):
-    """The trainer's objective on the trainer without nnU-Net's __init__; ``text_labels`` returns the given
-    ``y_text``."""
+    """The trainer's objective (default options) on the trainer without nnU-Net's __init__; its
+    ``text_labels`` returns the given ``y_text``."""
     trainer = object.__new__(nnUNetTrainerCPS4)
-    trainer.network, trainer.teacher, trainer.confidence_threshold = student, teacher, 0.95
-    trainer.text_labels = lambda weak: text
-    return nnUNetTrainerCPS4.objective(trainer)
+    trainer.network, trainer.teacher = student, teacher
+    objective = trainer.ssl_objective = nnUNetTrainerCPS4.objective(trainer)
+    objective.text_labels = lambda weak: text
+    return objective
 
 
 def test_soft_cross_entropy_equals_pytorch_probability_targets():
@@ -91,10 +92,12 @@ def test_the_teacher_changes_the_loss():
 def test_no_rampup_by_default_and_optional_rampup():
     trainer = object.__new__(nnUNetTrainerCPS4)
     trainer.num_epochs = 100
+    trainer.ssl_objective = nnUNetTrainerCPS4.objective(trainer)
     for epoch in (0, 1, 50, 99):
         trainer.current_epoch = epoch
         assert trainer.unlabeled_weight() == 1.0
-    trainer.unlabeled_rampup_fraction = 0.1  # the option: the base class's sigmoid ramp-up over 10 epochs
+    # the option: the base objective's sigmoid ramp-up over 10 epochs
+    trainer.ssl_objective = nnUNetTrainerCPS4.objective(trainer, unlabeled_rampup_fraction=0.1)
     trainer.current_epoch = 5
     assert trainer.unlabeled_weight() == pytest.approx(torch.exp(torch.tensor(-5 * 0.5 ** 2)).item())
-    assert not hasattr(nnUNetTrainerCPS4, 'text_weight')
+    assert not hasattr(nnUNetTrainerCPS4.objective(trainer), 'text_weight')

@@ -11,11 +11,10 @@ import sys
 import numpy as np
 import pytest
 
+from plugin_trainers import plugin_trainer_names
 from tiny_sam2 import write_tiny_config
 
-TRAINERS = ["nnUNetTrainerPlugin", "nnUNetTrainerMeanTeacher", "nnUNetTrainerEntropyMin", "nnUNetTrainerICT",
-            "nnUNetTrainerCPS", "nnUNetTrainerUniMatchV2", "nnUNetTrainerSAM2", "nnUNetTrainerSSS",
-            "nnUNetTrainerSSS_noDFE", "nnUNetTrainerSSS_noPCSW", "nnUNetTrainerSSS_baseline", "nnUNetTrainerCPS4"]
+TRAINERS = plugin_trainer_names()
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_worker.py")
 
 

@@ -1,5 +1,5 @@
-"""The parts of nnU-Net that the plugin's trainer base (``training/base.py``, ``training/ddp.py``,
-``training/semi_supervised.py``) relies on beyond nnU-Net's documented seams. The plugin pins the
+"""The parts of nnU-Net that the plugin's trainer base (``training/base.py``, ``training/options.py``,
+``training/ddp.py``, ``training/semi_supervised.py``, ``training/progress.py``) relies on beyond nnU-Net's documented seams. The plugin pins the
 nnunetv2 versions it was checked against in setup.cfg; after an upgrade, a failure here names
 the internal that changed and the plugin code that depends on it."""
 import inspect
@@ -13,14 +13,14 @@ from nnunetv2.training.logging.nnunet_logger import LocalLogger, MetaLogger
 METHODS = [
     ("__init__", ["self", "plans", "configuration", "fold", "dataset_json", "device"],
      "every trainer's __init__ and base.user_error_seam (binds plans/configuration/fold)"),
-    ("initialize", ["self"], "base.initialize (seed, recipe, CPU DDP wrap around nnU-Net's)"),
+    ("initialize", ["self"], "base.initialize (options, seed, recipe, CPU DDP wrap around nnU-Net's)"),
     ("build_network_architecture", ["plans_manager", "configuration_manager", "num_input_channels",
                                     "num_output_channels", "enable_deep_supervision"],
      "base.build_network_architecture -> networks/recipes.py"),
     ("_get_deep_supervision_scales", ["self"], "base._get_deep_supervision_scales"),
-    ("configure_optimizers", ["self"], "base.configure_optimizers, CPS's second parameter group"),
+    ("configure_optimizers", ["self"], "base.configure_optimizers (the recipe's optimiser)"),
     ("_set_batch_size_and_oversample", ["self"], "semi_supervised.get_unlabeled_dataloader (per-rank batch)"),
-    ("set_deep_supervision_enabled", ["self", "enabled"], "semi_supervised / CPS (teacher, network_b)"),
+    ("set_deep_supervision_enabled", ["self", "enabled"], "semi_supervised (teacher, the objective's modules)"),
     ("save_checkpoint", ["self", "filename"], "base.save_checkpoint (replaced: atomic, extra state)"),
     ("load_checkpoint", ["self", "filename_or_checkpoint"], "base.load_checkpoint (replaced: student weights)"),
     ("on_epoch_end", ["self"], "base.on_epoch_end (checkpoint cadence via save_every)"),
@@ -48,6 +48,15 @@ def test_trainer_attributes_set_in_init():
     source = inspect.getsource(nnUNetTrainer.__init__) + inspect.getsource(nnUNetTrainer._set_batch_size_and_oversample)
     missing = [a for a in INSTANCE_ATTRIBUTES if f"self.{a} =" not in source and f"self.{a}=" not in source]
     assert not missing, f"nnUNetTrainer.__init__ no longer sets {missing} (base.py, semi_supervised.py use them)"
+
+
+def test_options_nnunet_sets_in_init():
+    """training/options.NNUNET_OPTIONS: the options nnU-Net's __init__ sets, read right after it as nnU-Net's
+    defaults, overridden by class attributes, __init__ assignments and nnUNet_sss_* variables."""
+    from nnunetv2_sss.training.options import NNUNET_OPTIONS
+    source = inspect.getsource(nnUNetTrainer.__init__)
+    missing = [name for name in NNUNET_OPTIONS if f"self.{name} =" not in source]
+    assert not missing, f"nnUNetTrainer.__init__ no longer sets {missing} (training/options.py: NNUNET_OPTIONS)"
 
 
 def test_ddp_wrap_is_a_module_global():

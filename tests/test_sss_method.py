@@ -130,8 +130,12 @@ def test_a_prompt_head_that_knows_nothing_adds_no_confident_voxel():
 def test_sss_ablations_share_the_unlabeled_batches():
     from nnunetv2_sss.training.trainers import (nnUNetTrainerSSS, nnUNetTrainerSSS_baseline, nnUNetTrainerSSS_noDFE,
                                                 nnUNetTrainerSSS_noPCSW)
-    loader_settings = ("unlabeled_slabs_in_2d", "num_strong_views", "min_unlabeled_batch_size",
-                       "cutmix_probability", "cutmix_area_range", "feature_dropout_probability")
-    rows = {cls: tuple(getattr(cls, name) for name in loader_settings)
-            for cls in (nnUNetTrainerSSS, nnUNetTrainerSSS_noDFE, nnUNetTrainerSSS_noPCSW, nnUNetTrainerSSS_baseline)}
-    assert len(set(rows.values())) == 1 and nnUNetTrainerSSS.unlabeled_slabs_in_2d
+    from nnunetv2_sss.training.options import declared_defaults
+    trainers = (nnUNetTrainerSSS, nnUNetTrainerSSS_noDFE, nnUNetTrainerSSS_noPCSW, nnUNetTrainerSSS_baseline)
+    # the objective and every option of it are the same (the ablations differ in the recipe's options only)
+    assert {cls.objective for cls in trainers} == {nnUNetTrainerSSS.objective}
+    objective_options = declared_defaults(nnUNetTrainerSSS.objective)
+    assert not any(name in cls.__dict__ for cls in trainers for name in objective_options)
+    assert objective_options["unlabeled_slabs_in_2d"][0] is True
+    assert [(cls.recipe_options()["use_dfe"], cls.recipe_options()["use_pcsw"]) for cls in trainers] == \
+        [(True, True), (False, True), (True, False), (False, False)]

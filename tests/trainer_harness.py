@@ -7,9 +7,10 @@ The trainer is built as ``nnUNetv2_train`` builds it (``get_trainer_from_args``,
 
 - ``losses``: the step's ``loss``; ``unlabeled_losses``: its ``ssl_unlabeled_loss`` (semi-supervised
   trainers only, else empty); ``figures``: every other scalar of the step outputs, per step;
-- ``weights``: after the last step, count, sum and sum of squares (float64) of the parameters of the
-  student (``unwrap(trainer.network)``), of the EMA ``teacher`` and of CPS's ``network_b`` where the
-  trainer has them, and sum and sum of squares of their change since the first step (``delta_*``).
+- ``weights``: after the last step, count, sum and sum of squares (float64) of the parameters of every
+  model the trainer holds (``plugin_trainers.trainer_models``: the student, the EMA ``teacher`` and the
+  objective's extra modules, e.g. CPS's ``network_b``), and sum and sum of squares of their change since
+  the first step (``delta_*``).
 
 Settings that make the numbers repeatable are fixed here (``harness_environment``): data loading
 in the training process (``nnUNet_n_proc_DA=0``), no ``torch.compile``, ``nnUNet_sss_seed``,
@@ -41,17 +42,13 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
-TRAINERS = [
-    "nnUNetTrainerPlugin", "nnUNetTrainerMeanTeacher", "nnUNetTrainerEntropyMin", "nnUNetTrainerICT",
-    "nnUNetTrainerCPS", "nnUNetTrainerUniMatchV2", "nnUNetTrainerSAM2", "nnUNetTrainerSSS",
-    "nnUNetTrainerSSS_noDFE", "nnUNetTrainerSSS_noPCSW", "nnUNetTrainerSSS_baseline", "nnUNetTrainerCPS4",
-]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from plugin_trainers import plugin_trainer_names, trainer_models  # noqa: E402
+
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 3
 # CPS4 stage 1 as tests/test_cps4_stage1.py runs it (small ViT); length: 1 epoch of `steps` iterations
 CPS4_STAGE1_OPTIONS = {"vit_patch_size": 8, "vit_dim": 32, "vit_depth": 2, "vit_heads": 2, "embed_dim": 16}
-# weight statistics: attribute of the trainer -> name in the recording (the student is unwrap(network))
-OTHER_MODELS = {"teacher": "teacher", "network_b": "network_b"}
 
 
 def harness_environment(seed: int = DEFAULT_SEED, steps: int = DEFAULT_STEPS, threads: int = 1) -> Dict[str, str]:
@@ -74,7 +71,6 @@ def configure(seed: int = DEFAULT_SEED, steps: int = DEFAULT_STEPS, threads: int
     import torch
     torch.set_num_threads(threads)
     if not os.environ.get("nnUNet_sss_sam2_config"):
-        sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
         from tiny_sam2 import write_tiny_config
         folder = pathlib.Path(scratch or tempfile.mkdtemp(prefix="trainer_harness_"))
         os.environ["nnUNet_sss_sam2_config"] = str(write_tiny_config(folder))
@@ -140,7 +136,6 @@ def run_trainer(dataset: str, trainer_name: str, steps: int = DEFAULT_STEPS, con
     """``steps`` training iterations of ``trainer_name`` on the CPU; its losses, figures and weights."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
-    from nnunetv2_sss.training.base import unwrap
 
     trainer = get_trainer_from_args(str(dataset), configuration, fold, trainer_name, device=torch.device("cpu"))
     record = {"losses": [], "unlabeled_losses": [], "figures": []}
@@ -148,10 +143,7 @@ def run_trainer(dataset: str, trainer_name: str, steps: int = DEFAULT_STEPS, con
         trainer.on_train_start()
         trainer.on_epoch_start()
         trainer.on_train_epoch_start()
-        models = {"student": unwrap(trainer.network)}
-        for attribute, name in OTHER_MODELS.items():
-            if isinstance(getattr(trainer, attribute, None), torch.nn.Module):
-                models[name] = getattr(trainer, attribute)
+        models = trainer_models(trainer)
         initial = {name: parameter_snapshot(model) for name, model in models.items()}
         for _ in range(steps):
             outputs = trainer.train_step(next(trainer.dataloader_train))
@@ -212,7 +204,7 @@ def header(seed: int, steps: int, configuration: str, fold: int, threads: int, d
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--trainers", nargs="+", default=TRAINERS)
+    parser.add_argument("--trainers", nargs="+", default=None, help="default: every trainer of trainers/")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (OMP_NUM_THREADS), default 1")
@@ -224,7 +216,7 @@ def main(argv=None) -> None:
         configure(args.seed, args.steps, args.threads, pathlib.Path(scratch))
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # nnU-Net's console output
-            trainers = record_trainers(args.dataset, args.trainers, args.steps, args.configuration, args.fold,
+            trainers = record_trainers(args.dataset, args.trainers or plugin_trainer_names(), args.steps, args.configuration, args.fold,
                                        args.seed)
         result = {"header": header(args.seed, args.steps, args.configuration, args.fold, args.threads, args.dataset),
                   "trainers": trainers}

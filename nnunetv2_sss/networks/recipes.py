@@ -1,25 +1,28 @@
 """Network recipes: what a trainer's network is and how it is built, initialised and optimised.
 
-A trainer names one recipe (``recipe = SAM2Recipe()``); the trainer base calls it at nnU-Net's
-seams. A recipe holds no state. Its settings are class attributes of the recipe, which a
-trainer overrides with class attributes of the same name (nnU-Net's style,
-``class nnUNetTrainerSSS_noDFE(nnUNetTrainerSSS): use_dfe = False``); what it learns at run time
-(the SAM-2 spec, whether the prompt head was pretrained) is kept on the trainer, so checkpoints
-and ``--c`` see it.
+A trainer names one recipe class (``recipe = SAM2Recipe``, as it names ``objective = ...``); the
+trainer base builds it with the resolved options (``training/options.py``) and calls it at
+nnU-Net's seams. A recipe declares its options and their defaults in ``defaults``; a trainer
+overrides them with class attributes of the same name (nnU-Net's style,
+``class nnUNetTrainerSSS_noDFE(nnUNetTrainerSSS): use_dfe = False``). Options that shape the
+network must be class attributes: ``nnUNetv2_predict`` builds the network from the trainer class
+alone (``build_network_architecture`` is a class method). What a recipe learns at run time (the
+SAM-2 spec, the SAM-2 checkpoint of this run) is kept on the trainer, so checkpoints and ``--c``
+see it.
 
 - :class:`PlainRecipe`: nnU-Net's own network from the plans, nnU-Net's SGD + poly schedule.
 - :class:`SAM2Recipe`: :class:`~nnunetv2_sss.networks.sam2_unet.SAM2UNet` (SAM-2's image encoder
   per slice), its deep-supervision scales, the SAM-2 checkpoint, AdamW with a smaller learning
   rate for the pretrained encoder, warm-up + cosine (``docs/sam2_network.md``).
 - :class:`SSSRecipe`: the SAM-2 recipe with DFE (``use_dfe``) and SAM-2's prompt head
-  (``use_pcsw``), whose weights a SAM-2 checkpoint also provides.
+  (``use_pcsw``; its weights are the SSS objective's business, ``objectives/sss.py``).
 
 Every network is returned as :class:`~nnunetv2_sss.networks.passes.NetworkPasses`, so each pass
 an objective runs goes through the module's ``forward`` (DistributedDataParallel sees it).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -29,13 +32,18 @@ from nnunetv2_sss.networks.passes import NetworkPasses, unwrap
 
 class PlainRecipe:
     """nnU-Net's network and optimiser, unchanged."""
+    # option -> default (training/options.py); nnU-Net's own options (initial_lr, ...) may be given a
+    # default of the recipe too, they stay the trainer's attributes
+    defaults: Dict[str, Any] = {}
 
-    def option(self, trainer, name: str):
-        """Setting ``name``: the trainer's (class or instance) attribute, else the recipe's default."""
-        return getattr(trainer, name, getattr(self, name))
+    def __init__(self, **options):
+        from nnunetv2_sss.training.options import NNUNET_OPTIONS, declared_defaults
+        for name, (default, _) in declared_defaults(type(self)).items():
+            if name not in NNUNET_OPTIONS:
+                setattr(self, name, options.get(name, default))
 
-    def build(self, trainer_class, plans_manager, configuration_manager, num_input_channels: int,
-              num_output_channels: int, enable_deep_supervision: bool) -> nn.Module:
+    def build(self, plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
+              enable_deep_supervision: bool) -> nn.Module:
         from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
         return NetworkPasses(nnUNetTrainer.build_network_architecture(
             plans_manager, configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision))
@@ -76,13 +84,11 @@ class SAM2Recipe(PlainRecipe):
     - Deep supervision: one output per decoder level at strides 1, 2, 4, 8, 16 in-plane.
     - ``sam2_input_size``: slices resampled to this side length before Hiera (SAM-2: 1024).
     """
-    sam2_input_size: Optional[int] = None
-    freeze_encoder = False
-    encoder_lr_factor = 0.1
-    warmup_fraction = 0.05
+    defaults = {'initial_lr': 1e-4, 'weight_decay': 1e-2, 'sam2_input_size': None, 'freeze_encoder': False,
+                'encoder_lr_factor': 0.1, 'warmup_fraction': 0.05}
 
-    def build(self, trainer_class, plans_manager, configuration_manager, num_input_channels: int,
-              num_output_channels: int, enable_deep_supervision: bool) -> nn.Module:
+    def build(self, plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
+              enable_deep_supervision: bool) -> nn.Module:
         from nnunetv2_sss.networks.sam2_config import SAM2NetworkSpec
         from nnunetv2_sss.networks.sam2_unet import build_sam2_unet
         spec = SAM2NetworkSpec.from_configuration(configuration_manager.configuration)
@@ -90,8 +96,6 @@ class SAM2Recipe(PlainRecipe):
                                              enable_deep_supervision))
 
     def prepare(self, trainer) -> None:
-        trainer.initial_lr = 1e-4
-        trainer.weight_decay = 1e-2
         trainer.sam2_spec = None  # -> before_initialize (settings) or before_load_checkpoint
         trainer.weights_from_nnunet_checkpoint = False
 
@@ -118,7 +122,7 @@ class SAM2Recipe(PlainRecipe):
         from nnunetv2_sss import settings
         from nnunetv2_sss.networks.sam2_config import SAM2NetworkSpec
         if trainer.sam2_spec is None:
-            self.set_spec(trainer, SAM2NetworkSpec.from_settings(self.option(trainer, 'sam2_input_size')))
+            self.set_spec(trainer, SAM2NetworkSpec.from_settings(self.sam2_input_size))
         # a missing checkpoint stops the run before the network is built
         trainer.sam2_checkpoint = None if trainer.weights_from_nnunet_checkpoint else \
             settings.require_sam2_checkpoint()
@@ -157,7 +161,7 @@ class SAM2Recipe(PlainRecipe):
         from nnunetv2_sss.training.lr_schedule import WarmupCosineLRScheduler
         network = unwrap(trainer.network)
         encoder_parameters = list(network.pretrained_encoder.parameters())
-        freeze = self.option(trainer, 'freeze_encoder')
+        freeze = self.freeze_encoder
         if freeze:
             for parameter in encoder_parameters:
                 parameter.requires_grad_(False)
@@ -165,10 +169,10 @@ class SAM2Recipe(PlainRecipe):
         groups = [{'params': [p for p in network.parameters() if id(p) not in encoder_ids], 'lr': trainer.initial_lr}]
         if not freeze:
             groups.append({'params': encoder_parameters,
-                           'lr': trainer.initial_lr * self.option(trainer, 'encoder_lr_factor')})
+                           'lr': trainer.initial_lr * self.encoder_lr_factor})
         optimizer = torch.optim.AdamW(groups, lr=trainer.initial_lr, betas=(0.9, 0.999),
                                       weight_decay=trainer.weight_decay)
-        warmup = min(round(self.option(trainer, 'warmup_fraction') * trainer.num_epochs), trainer.num_epochs - 1)
+        warmup = min(round(self.warmup_fraction * trainer.num_epochs), trainer.num_epochs - 1)
         return optimizer, WarmupCosineLRScheduler(optimizer, warmup, trainer.num_epochs)
 
 
@@ -176,13 +180,11 @@ WEIGHTS_RECORD = "sam2_weights.json"
 
 
 class SSSRecipe(SAM2Recipe):
-    """SAM-2 U-Net + DFE (``use_dfe``) + SAM-2's prompt head (``use_pcsw``); a SAM-2 checkpoint also
-    initialises the prompt head (``trainer.prompt_head_pretrained`` records whether it did)."""
-    use_dfe = True
-    use_pcsw = True
+    """SAM-2 U-Net + DFE (``use_dfe``) + SAM-2's prompt head (``use_pcsw``)."""
+    defaults = {'use_dfe': True, 'use_pcsw': True}
 
-    def build(self, trainer_class, plans_manager, configuration_manager, num_input_channels: int,
-              num_output_channels: int, enable_deep_supervision: bool) -> nn.Module:
+    def build(self, plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
+              enable_deep_supervision: bool) -> nn.Module:
         from nnunetv2_sss.networks.sam2_config import SAM2NetworkSpec
         from nnunetv2_sss.networks.sam2_unet import configuration_layout
         from nnunetv2_sss.networks.sss_network import SSSNetwork, prompt_slice_size
@@ -190,20 +192,5 @@ class SSSRecipe(SAM2Recipe):
         conv_dim, slice_axis = configuration_layout(configuration_manager)
         return NetworkPasses(SSSNetwork(
             spec.image_encoder, num_input_channels, num_output_channels, conv_dim, slice_axis,
-            spec.encoder_input_size, enable_deep_supervision, self.option(trainer_class, 'use_dfe'),
-            prompt_slice_size(configuration_manager) if self.option(trainer_class, 'use_pcsw') else None))
-
-    def prepare(self, trainer) -> None:
-        super().prepare(trainer)
-        trainer.prompt_head_pretrained = False
-
-    def load_weights(self, trainer, checkpoint: str) -> None:
-        from nnunetv2_sss import settings
-        from nnunetv2_sss.networks.prompt_head import load_prompt_head_weights
-        super().load_weights(trainer, checkpoint)
-        head = unwrap(trainer.network).prompt_head
-        if head is not None and checkpoint != settings.RANDOM_WEIGHTS:
-            missing, unexpected = load_prompt_head_weights(head, checkpoint)
-            trainer.prompt_head_pretrained = not missing
-            trainer.print_to_log_file(f"SAM-2 prompt head from {checkpoint}: missing keys {missing or 'none'}, "
-                                      f"unexpected keys {unexpected or 'none'}")
+            spec.encoder_input_size, enable_deep_supervision, self.use_dfe,
+            prompt_slice_size(configuration_manager) if self.use_pcsw else None))

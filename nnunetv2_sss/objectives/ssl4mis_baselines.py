@@ -1,7 +1,16 @@
 """The SSL4MIS baselines' objectives (Mean Teacher, Entropy Minimisation, ICT, CPS), as the
 scripts of github.com/HiLab-git/SSL4MIS ``code/train_*_2D.py`` compute them (README,
-"Baseline settings (SSL4MIS)"; the weights and ramp-up are the trainers', see
-``training/ssl4mis_baseline.py``).
+"Baseline settings (SSL4MIS)").
+
+The unlabeled weight (:class:`SSL4MISObjective`): SSL4MIS trains 30000 iterations with
+``L = 0.5 (CE + Dice) + w * L_u``, ``w = consistency * sigmoid_rampup(iter_num // 150, 200)``,
+``consistency = 0.1``. Here the ramp-up covers the same share of training
+(``unlabeled_rampup_fraction = 1``: 200 x 150 = 30000 of SSL4MIS's 30000 iterations) in the same
+200 steps, counted in iterations of the nnU-Net run (``num_epochs x num_iterations_per_epoch``,
+:func:`~nnunetv2_sss.ssl.ssl4mis.iteration_rampup`); ``unlabeled_loss_weight = 0.2`` because the
+labeled loss is nnU-Net's ``CE + Dice``, twice SSL4MIS's ``0.5 (CE + Dice)``;
+``consistency_start_fraction``: the unlabeled term is off for this share of the iterations (Mean
+Teacher: 1000 of 30000, ``train_mean_teacher_2D.py`` lines 170-171).
 
 - Mean Teacher (Tarvainen & Valpola 2017): student on the unlabeled patch as the loaders give
   it, EMA teacher on the same patch plus ``clamp(N(0, 0.1^2), -0.2, 0.2)`` noise (in units of the
@@ -22,60 +31,106 @@ from typing import Tuple
 
 import torch
 
-from nnunetv2_sss.objectives.base import Figures, Objective, first_output
+from nnunetv2_sss.objectives.base import Figures, Objective, TeacherObjective, first_output
 from nnunetv2_sss.ssl.cross_pseudo import cross_pseudo_supervision_loss
 from nnunetv2_sss.ssl.losses import softmax_mse
 from nnunetv2_sss.ssl.mixup import mix_pairs, sample_mixup_factors, split_pairs
-from nnunetv2_sss.ssl.ssl4mis import normalised_entropy, teacher_input_noise
+from nnunetv2_sss.ssl.ssl4mis import (SSL4MIS_MAX_ITERATIONS, SSL4MIS_RAMPUP_LENGTH, iteration_rampup,
+                                      normalised_entropy, teacher_input_noise)
 
 
-class MeanTeacherObjective(Objective):
-    def unlabeled_loss(self, unlabeled: dict, labeled_output=None) -> Tuple[torch.Tensor, Figures]:
+class SSL4MISObjective(Objective):
+    """SSL4MIS's unlabeled weight on nnU-Net's schedule (module docstring)."""
+    defaults = {'unlabeled_loss_weight': 0.2,            # 2 x SSL4MIS's consistency 0.1
+                'unlabeled_rampup_fraction': 1.0,        # share of all training iterations
+                'rampup_length': SSL4MIS_RAMPUP_LENGTH,  # steps of the ramp (SSL4MIS's consistency_rampup)
+                'consistency_start_fraction': 0.0}       # weight 0 before this share of the iterations
+
+    def unlabeled_weight(self) -> float:
+        """``unlabeled_loss_weight * sigmoid_rampup(it // step, rampup_length)`` at iteration ``it``
+        (``trainer.ssl_iteration``, iterations done so far), 0 before ``consistency_start_fraction``."""
         trainer = self.trainer
+        total = int(trainer.num_epochs) * int(trainer.num_iterations_per_epoch)
+        if trainer.ssl_iteration < self.consistency_start_fraction * total - 1e-9:
+            return 0.0
+        return self.unlabeled_loss_weight * iteration_rampup(trainer.ssl_iteration, total,
+                                                             self.unlabeled_rampup_fraction, self.rampup_length)
+
+
+class MeanTeacherObjective(SSL4MISObjective, TeacherObjective):
+    """No unlabeled term for the first 1000 / 30000 of the iterations (SSL4MIS)."""
+    defaults = {'ema_decay': 0.99, 'consistency_start_fraction': 1000 / SSL4MIS_MAX_ITERATIONS,
+                'teacher_noise_std': 0.1, 'teacher_noise_clip': 0.2, 'teacher_noise_relative_to_range': True}
+
+    def unlabeled_loss(self, unlabeled: dict, labeled_output=None) -> Tuple[torch.Tensor, Figures]:
         inputs = unlabeled['data']
-        noisy = teacher_input_noise(inputs, trainer.teacher_noise_std, trainer.teacher_noise_clip,
-                                    trainer.teacher_noise_relative_to_range)
+        noisy = teacher_input_noise(inputs, self.teacher_noise_std, self.teacher_noise_clip,
+                                    self.teacher_noise_relative_to_range)
         teacher_probabilities = self.teacher_probabilities(noisy)
-        student_logits = first_output(trainer.network(inputs))
+        student_logits = first_output(self.trainer.network(inputs))
         return softmax_mse(student_logits, teacher_probabilities), \
             {'ssl_confident_share': self.confident_share(teacher_probabilities)}
 
 
-class EntropyMinObjective(Objective):
+class EntropyMinObjective(SSL4MISObjective):
+    """No teacher: the student is exported."""
+    defaults = {'entropy_num_classes': None,  # None: the dataset's number of classes (SSL4MIS hard-codes 4)
+                'entropy_on_labeled': True}   # SSL4MIS: entropy of the whole (labeled + unlabeled) batch
+
     def unlabeled_loss(self, unlabeled: dict, labeled_output=None) -> Tuple[torch.Tensor, Figures]:
-        trainer = self.trainer
-        probabilities = torch.softmax(first_output(trainer.network(unlabeled['data'])).float(), 1)
-        num_classes = trainer.entropy_num_classes or probabilities.shape[1]
+        probabilities = torch.softmax(first_output(self.trainer.network(unlabeled['data'])).float(), 1)
+        num_classes = self.entropy_num_classes or probabilities.shape[1]
         entropies = [normalised_entropy(probabilities, num_classes).flatten()]
-        if trainer.entropy_on_labeled:
+        if self.entropy_on_labeled:
             labeled = torch.softmax(first_output(labeled_output).float(), 1)
             entropies.append(normalised_entropy(labeled, num_classes).flatten())
         return torch.cat(entropies).mean(), {'ssl_confident_share': self.confident_share(probabilities.detach())}
 
 
-class ICTObjective(Objective):
+class ICTObjective(SSL4MISObjective, TeacherObjective):
+    defaults = {'ema_decay': 0.99, 'min_unlabeled_batch_size': 2,  # mixup needs a pair
+                'mixup_alpha': 0.2}
+    random_generators = ('mixup_rng',)
+
     def unlabeled_loss(self, unlabeled: dict, labeled_output=None) -> Tuple[torch.Tensor, Figures]:
-        trainer = self.trainer
         u0, u1 = split_pairs(unlabeled['data'])
-        mix_factors = sample_mixup_factors(trainer.mixup_rng, trainer.mixup_alpha, u0.shape[0])
+        mix_factors = sample_mixup_factors(self.mixup_rng, self.mixup_alpha, u0.shape[0])
         teacher_0, teacher_1 = split_pairs(self.teacher_probabilities(torch.cat([u0, u1])))
-        student_logits = first_output(trainer.network(mix_pairs(u0, u1, mix_factors)))
+        student_logits = first_output(self.trainer.network(mix_pairs(u0, u1, mix_factors)))
         loss = softmax_mse(student_logits, mix_pairs(teacher_0, teacher_1, mix_factors))
         return loss, {'ssl_confident_share': self.confident_share(torch.cat([teacher_0, teacher_1]))}
 
 
-class CPSObjective(Objective):
-    """Network 1 is ``trainer.network``, network 2 ``trainer.network_b`` (both DDP-wrapped on
-    several GPUs)."""
+class CPSObjective(SSL4MISObjective):
+    """Network 1 is the student ``trainer.network``; network 2 (``network_b``, an extra trained module:
+    in the optimiser as a second parameter group, checkpointed as ``network_b_weights``) is built
+    like it under ``second_network_seed`` (derived from ``nnUNet_sss_seed`` when set). No teacher;
+    network 1 is exported. Both are DDP-wrapped on several GPUs."""
+    defaults = {'second_network_seed': 1234}
     figures = {'ssl_cps_agreement': 'networks agree (voxel share)'}
+
+    def build_modules(self) -> None:
+        from nnunetv2_sss.training.seeding import derived_seed
+        trainer = self.trainer
+        seed = trainer.sss_seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.second_network_seed if seed is None else derived_seed(seed, "second_network"))
+            network = trainer.build_network_architecture(
+                trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
+                trainer.label_manager.num_segmentation_heads, trainer.enable_deep_supervision)
+        self.trained_modules['network_b'] = network.to(trainer.device)
+
+    @property
+    def network_b(self):
+        return self.trained_modules['network_b']
 
     def supervised_loss(self, data: torch.Tensor, target) -> Tuple[torch.Tensor, object, Figures]:
         loss_1, output, figures = super().supervised_loss(data, target)
-        return loss_1 + self.trainer.loss(self.trainer.network_b(data), target), output, figures
+        return loss_1 + self.trainer.loss(self.network_b(data), target), output, figures
 
     def unlabeled_loss(self, unlabeled: dict, labeled_output=None) -> Tuple[torch.Tensor, Figures]:
         logits_1 = first_output(self.trainer.network(unlabeled['data']))
-        logits_2 = first_output(self.trainer.network_b(unlabeled['data']))
+        logits_2 = first_output(self.network_b(unlabeled['data']))
         loss = cross_pseudo_supervision_loss(logits_1, logits_2)
         with torch.no_grad():
             agreement = (logits_1.argmax(1) == logits_2.argmax(1)).float().mean()

@@ -1,6 +1,10 @@
 """``nnUNetTrainerPlugin``: what every trainer of the plugin shares with nnU-Net's own.
 
-- the ``nnUNet_sss_*`` training-length overrides (``settings.py``);
+- every option (nnU-Net's ``initial_lr``, ``num_epochs``, ..., the recipe's and the objective's)
+  resolved through one path when the trainer is initialised: declared defaults, class attributes,
+  instance attributes, ``nnUNet_sss_*`` variables (``training/options.py``); the values that differ
+  from their defaults go to the training log with their source;
+- the network recipe (``recipe = SAM2Recipe``, ``networks/recipes.py``), built with its options;
 - atomic checkpoint files, ``checkpoint_latest.pth`` after every epoch
   (``nnUNet_sss_save_every``; nnU-Net's own cadence is 50 epochs), with the LR schedule and
   every random generator's state, so ``--c`` after a crash loses at most the running epoch;
@@ -32,13 +36,12 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2_sss.errors import UserError, trainer_exit
-from nnunetv2_sss import settings
+from nnunetv2_sss.errors import UserError, UserValueError, trainer_exit
 from nnunetv2_sss.networks.passes import unwrap
 from nnunetv2_sss.networks.recipes import PlainRecipe
+from nnunetv2_sss.training import options as trainer_options
 from nnunetv2_sss.training.checkpoint_io import capture_rng_state, restore_rng_state, save_atomically
 from nnunetv2_sss.training.ddp import cpu_ddp_wrapping, rank_seed
-from nnunetv2_sss.training.schedule import apply_schedule_overrides
 from nnunetv2_sss.settings import seed as seed_setting
 from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer, \
     trainer_generators
@@ -104,7 +107,10 @@ LR_SCHEDULE_COUNTERS = ('ctr', 'last_epoch', '_step_count', '_last_lr')
 
 
 class nnUNetTrainerPlugin(nnUNetTrainer):
-    recipe = PlainRecipe()  # the network (networks/recipes.py)
+    recipe = PlainRecipe  # the network (networks/recipes.py)
+    # options of the plugin's trainers and their defaults (training/options.py); save_every: nnU-Net's
+    # attribute, the plugin's cadence (see on_epoch_end)
+    option_defaults = {'save_every': 1}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -115,12 +121,13 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        apply_schedule_overrides(self)
-        # nnU-Net's attribute, the plugin's cadence (see on_epoch_end); a subclass may set it too
-        self.save_every = settings.save_every()
+        # nnU-Net's option values as its __init__ left them (later changes are overrides)
+        self._nnunet_defaults = {name: getattr(self, name) for name in trainer_options.NNUNET_OPTIONS}
+        self.options = None  # -> resolve_options (initialize)
+        self.network_recipe = self.recipe(**self.recipe_options())
         self._rng_state_to_restore = None  # from load_checkpoint, put back when the next epoch starts
         self.sss_seed = seed_setting()  # nnUNet_sss_seed (None: unseeded); applied by seed_everything
-        self.recipe.prepare(self)
+        self.network_recipe.prepare(self)
 
     def stop_on_user_error(self, error: UserError):
         """Stop the training on a known user error: workers shut down, a fold folder created by
@@ -139,19 +146,61 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
             self.print_to_log_file(f"ERROR: {error}", also_print_to_console=False)
         raise trainer_exit(error) from None
 
+    # ---- options (training/options.py) ---------------------------------------------------------
+    @classmethod
+    def recipe_options(cls) -> dict:
+        """The recipe's own options from the class alone (its defaults and the class attributes): what
+        ``nnUNetv2_predict`` sees too."""
+        declared = trainer_options.declared_defaults(cls.recipe)
+        options = trainer_options.resolve_options(
+            [declared], [trainer_options.class_overrides(cls, declared, nnUNetTrainer)])
+        return {name: option.value for name, option in options.items() if name not in trainer_options.NNUNET_OPTIONS}
+
+    def option_declarations(self) -> list:
+        """Declared defaults (``{name: (default, source)}``), lowest layer first: nnU-Net, the trainer
+        bases, the recipe (the semi-supervised trainers add their objective's)."""
+        return [{name: (value, trainer_options.NNUNET) for name, value in self._nnunet_defaults.items()},
+                trainer_options.declared_defaults(type(self), 'option_defaults'),
+                trainer_options.declared_defaults(self.recipe)]
+
+    def resolve_options(self) -> None:
+        """Resolve every option into ``self.options``; nnU-Net's and the trainer bases' become attributes
+        (the recipe got its own from the class, ``recipe_options``), and what differs from the defaults
+        goes to the log."""
+        declarations = self.option_declarations()
+        names = set().union(*declarations)
+        environment, empty = trainer_options.environment_overrides()
+        instance = {name: (self.__dict__[name], "instance attribute (set after nnU-Net's __init__)")
+                    for name in names if name in self.__dict__
+                    and (name not in self._nnunet_defaults or self.__dict__[name] != self._nnunet_defaults[name])}
+        self.options = trainer_options.resolve_options(
+            declarations, [trainer_options.class_overrides(type(self), names, nnUNetTrainer), instance, environment])
+        for name, value in self.recipe_options().items():
+            if self.options[name].value != value:
+                raise UserValueError(f"option {name}={self.options[name].value!r} of {type(self).__name__} shapes the "
+                                     f"network and is set as an {self.options[name].source}: set it as a class "
+                                     f"attribute, which nnUNetv2_predict sees too")
+        for name in set(declarations[0]) | set(declarations[1]):
+            setattr(self, name, self.options[name].value)
+        for line in trainer_options.log_lines(self.options, empty):
+            self.print_to_log_file(f"option {line}")
+        for name in trainer_options.unknown_class_attributes(type(self), names):
+            self.print_to_log_file(f"WARNING: class attribute {name} is no option of this trainer and is ignored "
+                                   f"(a misspelt option?)")
+
     # ---- the network: the trainer's recipe (networks/recipes.py) ----------------------------
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
-        return cls.recipe.build(cls, plans_manager, configuration_manager, num_input_channels, num_output_channels,
-                                enable_deep_supervision)
+        return cls.recipe(**cls.recipe_options()).build(plans_manager, configuration_manager, num_input_channels,
+                                                        num_output_channels, enable_deep_supervision)
 
     def _get_deep_supervision_scales(self):
-        scales = self.recipe.deep_supervision_scales(self) if self.enable_deep_supervision else None
+        scales = self.network_recipe.deep_supervision_scales(self) if self.enable_deep_supervision else None
         return scales if scales is not None else super()._get_deep_supervision_scales()
 
     def configure_optimizers(self):
-        return self.recipe.configure_optimizers(self) or super().configure_optimizers()
+        return self.network_recipe.configure_optimizers(self) or super().configure_optimizers()
 
     # ---- nnUNet_sss_seed (training/seeding.py) ---------------------------------------------
     def seed_everything(self) -> None:
@@ -163,11 +212,12 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         self.print_to_log_file(describe_seed(self.sss_seed))
 
     def initialize(self):
+        self.resolve_options()
         self.seed_everything()
-        self.recipe.before_initialize(self)
+        self.network_recipe.before_initialize(self)
         with cpu_ddp_wrapping(self.is_ddp and self.device.type != 'cuda'):
             super().initialize()
-        self.recipe.after_initialize(self)
+        self.network_recipe.after_initialize(self)
 
     def on_train_epoch_start(self):
         if self.sss_seed is not None:  # workers of augmenters that have not started yet (first epoch)
@@ -243,6 +293,7 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         }
         checkpoint.update(self.extra_checkpoint_state())
         save_atomically(checkpoint, filename)
+        self._sss_new_folder = None  # the fold folder now holds a checkpoint: a later user error keeps it
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         # nnU-Net's own (2.8.1) cannot take a checkpoint dict and loads network_weights, which is the
@@ -250,7 +301,7 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         checkpoint = filename_or_checkpoint
         if isinstance(checkpoint, str):
             checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
-        self.recipe.before_load_checkpoint(self, checkpoint)
+        self.network_recipe.before_load_checkpoint(self, checkpoint)
         if not self.was_initialized:
             self.initialize()
         network = unwrap(self.network)

@@ -1,7 +1,7 @@
 """nnU-Net's local logger with the semi-supervised figures added (log and progress.png)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import matplotlib
 from batchgenerators.utilities.file_and_folder_operations import join
@@ -15,12 +15,14 @@ class SemiSupervisedLocalLogger(LocalLogger):
     """Adds one list per semi-supervised figure (one value per epoch, as nnU-Net's keys)
     and draws them as a fourth panel under nnU-Net's three in ``progress.png``.
 
-    ``figures`` maps logger key -> legend label, e.g. ``{'ssl_unlabeled_loss': 'unlabeled loss'}``.
+    ``figures`` maps logger key -> legend label, e.g. ``{'ssl_unlabeled_loss': 'unlabeled loss'}``;
+    ``count_figures`` are counts (e.g. prompts per volume), drawn against a right-hand axis of their own.
     """
 
-    def __init__(self, figures: Dict[str, str], verbose: bool = False):
+    def __init__(self, figures: Dict[str, str], count_figures: Sequence[str] = (), verbose: bool = False):
         super().__init__(verbose)
         self.figures = dict(figures)
+        self.count_figures = tuple(count_figures)
         for key in self.figures:
             self.my_fantastic_logging[key] = []
 
@@ -44,13 +46,22 @@ class SemiSupervisedLocalLogger(LocalLogger):
         top.imshow(nnunet_panels)
         top.axis("off")
         ax = fig.add_axes((0.08, 0.03, 0.84, 0.16))
+        counts = ax.twinx() if self.count_figures else None
         x_values = list(range(epoch + 1))
+        colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3)
+        lines = []
         for key, label in self.figures.items():
-            ax.plot(x_values, self.my_fantastic_logging[key][: epoch + 1], label=label, linewidth=4)
+            axis, style = (counts, "--") if key in self.count_figures else (ax, "-")
+            lines += axis.plot(x_values, self.my_fantastic_logging[key][: epoch + 1], style, label=label,
+                               linewidth=4, color=next(colours))
         ax.set_xlabel("epoch", fontsize=28)
         ax.set_ylabel("semi-supervised", fontsize=28)
         ax.tick_params(labelsize=24)
-        ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=min(3, len(self.figures)), fontsize=24)
+        if counts is not None:
+            counts.set_ylabel("count (dashed)", fontsize=28)
+            counts.tick_params(labelsize=24)
+        ax.legend(handles=lines, loc="lower left", bbox_to_anchor=(0, 1), ncol=min(3, len(self.figures)),
+                  fontsize=24)
         fig.savefig(path, dpi=dpi)
         plt.close(fig)
 

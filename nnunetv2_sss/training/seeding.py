@@ -7,8 +7,9 @@ network is built, and seeds the data-augmentation workers before they start:
   foreground oversampling from it; the unlabeled loader too), torch's CPU generator and the
   CUDA generators (weight initialisation, batchgeneratorsv2's transforms draw from torch and
   NumPy, dropout, the SSL methods' noise);
-- the trainer's own generators (every attribute that holds a ``numpy.random.Generator`` /
-  ``RandomState`` or a ``torch.Generator``, e.g. ``cutmix_rng``, ``prompt_rng``, ``mixup_rng``),
+- the trainer's own generators (every attribute of the trainer or of its objective that holds a
+  ``numpy.random.Generator`` / ``RandomState`` or a ``torch.Generator``, e.g. ``cutmix_rng``,
+  ``prompt_rng``, ``mixup_rng``),
   each from ``(seed, attribute name)``, so adding a generator changes no other stream;
 - the worker processes of nnU-Net's ``NonDetMultiThreadedAugmenter`` (``nnUNet_n_proc_DA > 0``),
   which nnU-Net starts with ``seeds=None`` (NumPy from OS entropy, torch's state inherited by
@@ -29,9 +30,12 @@ import torch
 
 
 def trainer_generators(owner) -> Dict[str, object]:
-    """The random generators an object holds as attributes, by attribute name."""
+    """The random generators an object holds as attributes, by attribute name, with those of the
+    objective it holds (``ssl_objective``, e.g. ``cutmix_rng``)."""
     kinds = (np.random.Generator, np.random.RandomState, torch.Generator)
-    return {name: value for name, value in vars(owner).items() if isinstance(value, kinds)}
+    holders = [owner, getattr(owner, 'ssl_objective', None)]
+    return {name: value for holder in holders if holder is not None
+            for name, value in vars(holder).items() if isinstance(value, kinds)}
 
 
 def derived_seed(seed: int, *names) -> int:

@@ -4,13 +4,15 @@
   same patch size, plus ``num_strong_views`` strong views), drawn from
   ``<data_identifier>_unlabeled`` (``nnUNetv2_sss_preprocess_unlabeled``) and from the
   cases the fold's ``splits_semi_supervised.json`` marks unlabeled (images only);
-- an EMA teacher updated every iteration, parameters and buffers,
-  ``alpha = min(1 - 1/(it + 1), ema_decay)``;
-- ``L = L_l + w(epoch) * L_u`` with nnU-Net's own loss as ``L_l`` and an optional
-  sigmoid ramp-up of ``w`` over the first ``unlabeled_rampup_fraction`` of training;
-- teacher, student and iteration counter in every checkpoint; the teacher's weights are
-  the checkpoint's ``network_weights`` (what ``nnUNetv2_predict`` loads), and pseudo Dice
-  and final validation use the teacher, unless ``export_teacher = False``;
+- the objective (``objective = UniMatchV2Objective``, ``nnunetv2_sss/objectives``), built with its
+  resolved options when the trainer is initialised, and what it declares: an EMA teacher if it
+  ``uses_teacher`` (updated every iteration, parameters and buffers,
+  ``alpha = min(1 - 1/(it + 1), ema_decay)``), its random generators, its extra trained modules
+  (optimiser, clipping, DDP, checkpoint) and its checkpoint state;
+- ``L = L_l + w * L_u`` with nnU-Net's own loss as ``L_l`` and the objective's weight ``w``;
+- student, teacher, extra modules and iteration counter in every checkpoint; the exported model
+  (checkpoint ``network_weights``, what ``nnUNetv2_predict`` loads; pseudo Dice and final
+  validation) is the teacher if the objective has one and ``export_teacher``, else the student;
 - per-epoch figures (unlabeled loss, confident-voxel share, ...) in the log and progress.png;
 - multi-GPU (``-num_gpus N``): every student pass goes through the DDP-wrapped network (the
   objectives call ``self.network(..., pass_=...)``), every trainable parameter gets a gradient
@@ -19,8 +21,8 @@
   global length, see :meth:`unlabeled_share`), and the teacher is compared across ranks every
   ``replica_check_every`` iterations.
 
-A trainer names its objective (``objective = UniMatchV2Objective``, ``nnunetv2_sss/objectives``)
-and sets class attributes (the objective reads them).
+A trainer names its objective and overrides options with class attributes; see
+``objectives/base.py`` for what an objective declares.
 """
 from __future__ import annotations
 
@@ -46,23 +48,15 @@ from nnunetv2_sss.objectives.base import Objective
 from nnunetv2_sss.ssl.ema import ema_momentum, ema_update, make_teacher
 from nnunetv2_sss.ssl.views import strong_view_transforms, weak_view_transforms
 from nnunetv2_sss.training.base import nnUNetTrainerPlugin, unwrap
-from nnunetv2_sss.training.ddp import check_replicas_equal, touch_every_parameter
+from nnunetv2_sss.training.ddp import check_replicas_equal, touch_every_parameter, wrap_for_ddp
+from nnunetv2_sss.training.options import declared_defaults
 from nnunetv2_sss.training.progress import SemiSupervisedLocalLogger
 
 
 class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
-    objective = Objective               # the method (nnunetv2_sss/objectives); subclasses name theirs
-    ema_decay = 0.996
-    unlabeled_loss_weight = 1.0
-    unlabeled_rampup_fraction = 0.0   # share of num_epochs over which w ramps up (sigmoid)
-    confidence_threshold = 0.95
-    num_strong_views = 1
-    min_unlabeled_batch_size = 1
-    unlabeled_slabs_in_2d = False     # 2-D: unlabeled batch = consecutive slices of one case
-    export_teacher = True
-    gradient_clip_norm = 12.0         # nnU-Net's
-    random_generators: Tuple[str, ...] = ()  # attributes that get a numpy Generator (seeded by nnUNet_sss_seed)
-    replica_check_every = 50          # iterations between teacher checksums across ranks (multi-GPU)
+    objective = Objective  # the method (nnunetv2_sss/objectives); subclasses name theirs
+    option_defaults = {'gradient_clip_norm': 12.0,    # nnU-Net's clipping, per trained network
+                       'replica_check_every': 50}     # iterations between teacher checksums across GPUs
     # logger key -> legend; the objective's own figures are added
     base_figures = {'ssl_unlabeled_loss': 'unlabeled loss', 'ssl_confident_share': 'confident voxel share',
                     'ssl_unlabeled_weight': 'unlabeled loss weight'}
@@ -71,18 +65,37 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
                  device: torch.device = torch.device('cuda')):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.teacher = None
+        self.ssl_objective = None  # -> initialize (built with its resolved options)
         self.ssl_iteration = 0
         self.dataloader_unlabeled = None
         self.ssl_figures = {**self.base_figures, **self.objective.figures}
-        self.logger.local_logger = SemiSupervisedLocalLogger(self.ssl_figures)
-        self.ssl_objective = self.objective(self)
-        for name in self.random_generators:
-            setattr(self, name, np.random.default_rng())
+        self.logger.local_logger = SemiSupervisedLocalLogger(self.ssl_figures, self.objective.count_figures)
 
     # ---- set-up ------------------------------------------------------------------------------
+    def option_declarations(self) -> list:
+        return [*super().option_declarations(), declared_defaults(self.objective)]
+
+    def resolve_options(self) -> None:
+        """The base's, then the objective built with the values of its options."""
+        super().resolve_options()
+        self.ssl_objective = self.objective(self, **{name: self.options[name].value
+                                                     for name in declared_defaults(self.objective)})
+        self.ssl_objective.check_configuration()
+
     def initialize(self):
         super().initialize()
-        self.teacher = make_teacher(unwrap(self.network))
+        objective = self.ssl_objective
+        objective.build_modules()
+        for name, module in objective.trained_modules.items():
+            module = objective.trained_modules[name] = wrap_for_ddp(module, self.device) if self.is_ddp else module
+            self.optimizer.add_param_group({'params': list(module.parameters())})
+        if objective.uses_teacher:
+            self.teacher = make_teacher(unwrap(self.network))
+
+    @property
+    def exports_teacher(self) -> bool:
+        """Whether the exported model is the EMA teacher (else the student)."""
+        return self.teacher is not None and self.ssl_objective.export_teacher
 
     def unlabeled_sources(self) -> List[Tuple[str, List[str]]]:
         """``(folder, case ids)`` of the fold's unlabeled pool; raises if it is empty."""
@@ -117,14 +130,15 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         patch_size = tuple(self.configuration_manager.patch_size)
-        slabs = self.unlabeled_slabs_in_2d and len(patch_size) == 2
+        objective = self.ssl_objective
+        slabs = objective.unlabeled_slabs_in_2d and len(patch_size) == 2
         # per rank: nnU-Net's per-rank batch size; a 2-D slab keeps the global length (unlabeled_share)
         batch_size = max(self.configuration_manager.batch_size if slabs else self.batch_size,
-                         self.min_unlabeled_batch_size)
+                         objective.min_unlabeled_batch_size)
         loader = UnlabeledDataLoader(
             images, batch_size, initial_patch_size, patch_size,
             self.label_manager, weak_view_transforms(patch_size, rotation, mirror_axes, dummy_2d),
-            strong_view_transforms(), self.num_strong_views, slab_size=batch_size if slabs else None)
+            strong_view_transforms(), objective.num_strong_views, slab_size=batch_size if slabs else None)
         self.print_to_log_file(f"Unlabeled pool: {len(images)} cases, batch size {loader.batch_size}")
         processes = get_allowed_n_proc_DA()
         if processes == 0:
@@ -136,6 +150,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         if not self.was_initialized:
             self.initialize()
         self.unlabeled_sources()  # fail before nnU-Net starts its workers
+        self.ssl_objective.before_training()
         super().on_train_start()
         self.dataloader_unlabeled = self.get_unlabeled_dataloader()
 
@@ -144,28 +159,24 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
             self.dataloader_unlabeled._finish()
 
-    # ---- the objective ----------------------------------------------------------------------
+    # ---- the step ------------------------------------------------------------------------------
     def unlabeled_weight(self) -> float:
-        """``lambda_u`` times the sigmoid ramp-up ``exp(-5 (1 - t)^2)``, ``t`` = progress through
-        the first ``unlabeled_rampup_fraction`` of the epochs."""
-        rampup_epochs = self.unlabeled_rampup_fraction * self.num_epochs
-        if rampup_epochs <= 0:
-            return self.unlabeled_loss_weight
-        t = min(1.0, self.current_epoch / rampup_epochs)
-        return self.unlabeled_loss_weight * math.exp(-5.0 * (1.0 - t) ** 2)
+        """The objective's weight of the unlabeled loss at this point of training."""
+        return self.ssl_objective.unlabeled_weight()
 
     def unlabeled_share(self) -> slice:
         """The part of an unlabeled batch this rank trains the student on: all of it, except for a
         2-D slab in a multi-GPU run (the slab keeps the global batch length, so PCSW's windows are
         those of one GPU; the pseudo-labels come from the whole slab, the student sees every
         ``world_size``-th slice, from this rank's position on)."""
-        if not (self.is_ddp and self.unlabeled_slabs_in_2d and len(self.configuration_manager.patch_size) == 2):
+        if not (self.is_ddp and self.ssl_objective.unlabeled_slabs_in_2d and
+                len(self.configuration_manager.patch_size) == 2):
             return slice(None)
         return slice(self.local_rank, None, torch.distributed.get_world_size())
 
     def trained_modules(self) -> List[torch.nn.Module]:
-        """The networks the optimiser trains (CPS: two)."""
-        return [self.network]
+        """The networks the optimiser trains: the student and the objective's extra modules (CPS: two)."""
+        return [self.network, *self.ssl_objective.trained_modules.values()]
 
     def train_step(self, batch: dict) -> dict:
         """One step: the objective's losses, ``L = L_l + w L_u``, backward, clipping, optimiser, EMA.
@@ -180,9 +191,10 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         weight = self.unlabeled_weight()
 
         self.optimizer.zero_grad(set_to_none=True)
+        objective = self.ssl_objective
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            loss_labeled, labeled_output, labeled_figures = self.ssl_objective.supervised_loss(data, target)
-            loss_unlabeled, figures = self.ssl_objective.unlabeled_loss(unlabeled, labeled_output)
+            loss_labeled, labeled_output, labeled_figures = objective.supervised_loss(data, target)
+            loss_unlabeled, figures = objective.unlabeled_loss(unlabeled, labeled_output)
             if not torch.isfinite(loss_unlabeled):
                 self.print_to_log_file(f"WARNING: non-finite unlabeled loss at iteration {self.ssl_iteration} "
                                        f"(cases {unlabeled['keys']}); this batch's unlabeled loss is skipped.")
@@ -211,15 +223,17 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.gradient_clip_norm)
 
     def update_teacher(self) -> None:
-        """EMA step; skipped (with a log line) if the student holds non-finite weights."""
-        student = unwrap(self.network)
-        if not all(torch.isfinite(p).all() for p in student.parameters()):
-            self.print_to_log_file(f"WARNING: non-finite student weights at iteration {self.ssl_iteration}; "
-                                   f"the teacher is not updated.")
-        else:
-            ema_update(self.teacher, student, ema_momentum(self.ssl_iteration, self.ema_decay))
+        """EMA step (objectives with a teacher); skipped (with a log line) if the student holds non-finite
+        weights. Counts the iteration."""
+        if self.teacher is not None:
+            student = unwrap(self.network)
+            if not all(torch.isfinite(p).all() for p in student.parameters()):
+                self.print_to_log_file(f"WARNING: non-finite student weights at iteration {self.ssl_iteration}; "
+                                       f"the teacher is not updated.")
+            else:
+                ema_update(self.teacher, student, ema_momentum(self.ssl_iteration, self.ssl_objective.ema_decay))
         self.ssl_iteration += 1
-        if self.is_ddp and self.ssl_iteration % self.replica_check_every == 0:
+        if self.teacher is not None and self.is_ddp and self.ssl_iteration % self.replica_check_every == 0:
             check_replicas_equal(self.teacher, f"the EMA teacher (iteration {self.ssl_iteration})", self.device)
 
     # ---- logging ------------------------------------------------------------------------------
@@ -235,11 +249,16 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
                                          for key, label in self.ssl_figures.items()))
         super().on_epoch_end()
 
-    # ---- the exported (teacher) model -----------------------------------------------------------
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        for module in self.ssl_objective.trained_modules.values():
+            module.train()
+
+    # ---- the exported model (the teacher, see exports_teacher) ----------------------------------------
     @contextmanager
     def exported_network_in_place(self):
-        """Temporarily make ``self.network`` the exported model (teacher unless ``export_teacher`` is False)."""
-        if not self.export_teacher:
+        """Temporarily make ``self.network`` the exported model."""
+        if not self.exports_teacher:
             yield
             return
         student, self.network = self.network, self.teacher
@@ -263,27 +282,43 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
 
     def set_deep_supervision_enabled(self, enabled: bool):
         super().set_deep_supervision_enabled(enabled)
-        if self.teacher is not None:
-            self.teacher.decoder.deep_supervision = enabled
+        others = [self.teacher] + list(self.ssl_objective.trained_modules.values() if self.ssl_objective else [])
+        for module in others:
+            if module is not None:
+                unwrap(module).decoder.deep_supervision = enabled
 
     # ---- checkpoints ------------------------------------------------------------------------------
     # Each model is stored once: ``network_weights`` is the exported model (what nnUNetv2_predict
-    # loads), and only the other one is stored beside it, as ``student_weights`` (export_teacher)
-    # or ``teacher_weights`` (export_teacher = False). Checkpoints of earlier versions hold both
-    # keys next to ``network_weights``; they load the same way.
+    # loads), and the other one beside it, ``student_weights`` (the teacher is exported) or
+    # ``teacher_weights`` (the student is exported, e.g. export_teacher = False); without a teacher
+    # only ``network_weights``. The objective's extra modules are ``<name>_weights``, its state
+    # (``checkpoint_state``) is added as it is. Checkpoints of earlier versions (both teacher_weights
+    # and student_weights, a teacher for EM / CPS) load the same way.
     def exported_network_weights(self) -> dict:
-        return self.teacher.state_dict() if self.export_teacher else unwrap(self.network).state_dict()
+        return self.teacher.state_dict() if self.exports_teacher else unwrap(self.network).state_dict()
 
     def extra_checkpoint_state(self) -> dict:
-        other = {'student_weights': unwrap(self.network).state_dict()} if self.export_teacher else \
-            {'teacher_weights': self.teacher.state_dict()}
-        return {**other, 'ssl_iteration': self.ssl_iteration}
+        state = {'ssl_iteration': self.ssl_iteration}
+        if self.teacher is not None:
+            state.update({'student_weights': unwrap(self.network).state_dict()} if self.exports_teacher else
+                         {'teacher_weights': self.teacher.state_dict()})
+        state.update({f'{name}_weights': unwrap(module).state_dict()
+                      for name, module in self.ssl_objective.trained_modules.items()})
+        return {**state, **self.ssl_objective.checkpoint_state()}
 
     def trained_network_weights(self, checkpoint: dict) -> dict:
         """The student: ``student_weights`` if stored, else ``network_weights`` (the exported student)."""
         return checkpoint.get('student_weights', checkpoint['network_weights'])
 
     def load_extra_checkpoint_state(self, checkpoint: dict) -> None:
-        """The teacher: ``teacher_weights`` if stored, else ``network_weights`` (the exported teacher)."""
-        self.teacher.load_state_dict(checkpoint.get('teacher_weights', checkpoint['network_weights']))
+        """Teacher (``teacher_weights`` if stored, else ``network_weights``, the exported teacher), the
+        objective's modules and state, the iteration counter."""
+        if self.teacher is not None:
+            self.teacher.load_state_dict(checkpoint.get('teacher_weights', checkpoint['network_weights']))
+        for name, module in self.ssl_objective.trained_modules.items():
+            if f'{name}_weights' not in checkpoint:
+                raise UserRuntimeError(f"{self.__class__.__name__}: the checkpoint holds no '{name}_weights' (it was "
+                                       f"not written by this trainer); cannot resume {name}.")
+            unwrap(module).load_state_dict(checkpoint[f'{name}_weights'])
+        self.ssl_objective.load_checkpoint_state(checkpoint)
         self.ssl_iteration = checkpoint.get('ssl_iteration', 0)

@@ -1,0 +1,1 @@
+from nnunetv2_sss.training.trainers import nnUNetTrainerFixMatch  # noqa: F401
