@@ -1,4 +1,4 @@
-"""CPS4 stage-1 losses against direct evaluation of METHOD §2.1's formulas."""
+"""CPS4 stage-1 losses against direct evaluation of docs/method.md 2.1's formulas."""
 import math
 
 import pytest

@@ -1,4 +1,4 @@
-"""DFE against a direct, per-image float64 evaluation of METHOD.md §1.2 with the module's
+"""DFE against a direct, per-image float64 evaluation of docs/method.md 1.2 with the module's
 own weights; single-view identity, gradients, shapes, bad input."""
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def pointwise(conv: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def direct_dfe(scale, f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
-    """Steps 1–7 of METHOD.md §1.2, one image at a time."""
+    """Steps 1–7 of docs/method.md 1.2, one image at a time."""
     first, second = scale.mlp[0], scale.mlp[2]
     out = []
     for a, b in zip(f_a, f_b):

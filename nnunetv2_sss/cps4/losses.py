@@ -1,4 +1,4 @@
-"""Stage-1 losses of CPS4 (METHOD §2.1) and their patch-grid targets.
+"""Stage-1 losses of CPS4 (docs/method.md 2.1) and their patch-grid targets.
 
 Targets: ``M̃_k`` is the ground-truth mask of class ``k`` resampled to the ViT patch grid with
 bilinear interpolation (``antialias=True``: each grid cell is the tent-weighted mean of the

@@ -1,4 +1,4 @@
-"""Class-prompt pseudo-labels of CPS4 stage 2 (METHOD §2.2).
+"""Class-prompt pseudo-labels of CPS4 stage 2 (docs/method.md 2.2).
 
 ``y_text``: every class's attention map is up-sampled bilinearly to the image size and
 thresholded with its own Otsu threshold (``skimage.filters.threshold_otsu``; a pixel fires

@@ -1,4 +1,4 @@
-"""Cross-entropy against probability targets, and CPS4's enhanced target (METHOD.md 2.2)."""
+"""Cross-entropy against probability targets, and CPS4's enhanced target (docs/method.md 2.2)."""
 from __future__ import annotations
 
 import torch

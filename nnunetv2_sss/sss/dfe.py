@@ -1,4 +1,4 @@
-"""Discriminative Feature Enhancement (DFE) of the SSS paper, METHOD.md §1.2.
+"""Discriminative Feature Enhancement (DFE) of the SSS paper, docs/method.md 1.2.
 
 DFE sits between the encoder and the decoder. For every encoder scale ``i`` it takes the
 features of two strongly augmented views, ``F_a`` and ``F_b`` (each ``(B, C_i, *spatial)``),
@@ -17,7 +17,7 @@ With one view (labeled patches, the teacher, inference) DFE is ``DFE(F, F)``: ``
 The second view's decoder input is ``DFE(F_b, F_a)``; ``pair`` returns both, computing the
 shared MLP and ``S`` once.
 
-Choices where METHOD.md is silent: ``MLP_i`` is 1x1 conv → GELU → 1x1 conv with
+Choices where the papers are silent: ``MLP_i`` is 1x1 conv → GELU → 1x1 conv with
 ``round(mlp_hidden_ratio · C_i)`` hidden channels (default ratio 1); every layer keeps
 PyTorch's default initialisation; gradients flow through ``S`` as well (nothing detached);
 ``S`` is computed in at least float32; two all-zero pooled vectors give ``S = 0`` (torch's

@@ -1,4 +1,4 @@
-"""PCSW — Physical Constraints with a Sliding Window, the SSS prompt generator (METHOD.md §1.3).
+"""PCSW — Physical Constraints with a Sliding Window, the SSS prompt generator (docs/method.md 1.3).
 
 Input: a predicted label volume ``labels`` of shape (S, H, W), slice axis first, integer
 labels (0 = background). For every foreground class ``k`` on its own:
@@ -17,7 +17,7 @@ labels (0 = background). For every foreground class ``k`` on its own:
   component in that slice — voxels beyond the image edge count as outside; optionally one
   negative point, the voxel inside the box and outside the component farthest from it.
 
-Choices where METHOD.md is silent: the label set of condition (a) holds every label of the
+Choices where the papers are silent: the label set of condition (a) holds every label of the
 slice, also labels not in ``classes``; among equally large components the one whose first
 voxel comes first in C order (z, y, x) is "the largest"; ties of the farthest point go to the
 first voxel in C order; slices of the window that the largest component does not touch (its

@@ -1,4 +1,4 @@
-"""PCSW -> prompts -> SAM-2 prompt head -> refined labels and confidences (METHOD.md §1.3).
+"""PCSW -> prompts -> SAM-2 prompt head -> refined labels and confidences (docs/method.md 1.3).
 
 The one implementation used by the SSS trainer (teacher pseudo-labels of unlabeled
 patches) and by ``nnUNetv2_sss_predict_refine`` (predicted volumes).
