@@ -43,6 +43,13 @@ class NnunetDataset:
         return target
 
 
+def pytest_collection_modifyitems(items):
+    """A test that uses the planned dataset (nnU-Net's commands run to make it) is an integration test."""
+    for item in items:
+        if "nnunet_dataset" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def nnunet_dataset(tmp_path_factory) -> NnunetDataset:
     root = tmp_path_factory.mktemp("nnunet")

@@ -39,6 +39,7 @@ def fake_acdc(tmp_path_factory):
     return root
 
 
+@pytest.mark.integration
 def test_cli_converts_and_writes_table1_splits(fake_acdc, tmp_path):
     raw, preprocessed = tmp_path / "raw", tmp_path / "preprocessed"
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(preprocessed)}

@@ -48,6 +48,7 @@ def raw_env(raw):
     return {**os.environ, "nnUNet_raw": str(raw)}
 
 
+@pytest.mark.integration
 def test_cli_converts_official_split(fake_release, tmp_path):
     release, unlabeled = fake_release
     raw = tmp_path / "raw"

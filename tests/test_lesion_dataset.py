@@ -12,6 +12,8 @@ from scipy import ndimage
 
 from helpers import run_cli
 
+pytestmark = pytest.mark.integration  # builds the datasets with the real command
+
 VOXEL_CM3 = 6 * 3 * 3 / 1000.0
 
 

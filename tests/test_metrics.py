@@ -224,6 +224,7 @@ def run_evaluate(args, raw, expect_ok=True):
     return done
 
 
+@pytest.mark.integration
 def test_cli_writes_per_case_and_summary(evaluation_dataset, tmp_path):
     raw, dataset, pred, arrays = evaluation_dataset
     out = tmp_path / "eval.json"
@@ -257,6 +258,7 @@ def test_cli_writes_per_case_and_summary(evaluation_dataset, tmp_path):
     assert result["foreground_mean"]["Dice_pct"]["mean"] == pytest.approx(np.mean(per_case_fg))
 
 
+@pytest.mark.integration
 def test_cli_default_output(evaluation_dataset):
     raw, dataset, pred, _ = evaluation_dataset
     done = run_evaluate(["-ref", str(dataset / "labelsTs"), "-pred", str(pred), "-d", "Dataset950_Eval",
@@ -295,6 +297,7 @@ def test_bad_prediction_is_named(evaluation_dataset, monkeypatch, capsys, bad_fi
     assert_user_error(capsys, code, message, bad_file)
 
 
+@pytest.mark.integration
 def test_missing_prediction_is_named_and_fails(evaluation_dataset, tmp_path):
     # the real console command: a reference without prediction fails (exit 2) naming the case,
     # and with --allow-missing the case is named in the json and on stderr

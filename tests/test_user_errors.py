@@ -1,20 +1,17 @@
 """One error style for known user errors: ``ERROR: <file or variable>: <what to do>`` on stderr,
 non-zero exit, no traceback; a trainer that stops removes the fold folder it created.
 
-The trainer cases run the real ``nnUNetv2_train`` on the tiny dataset and fail at start-up."""
+The trainer cases run nnUNetv2_train's own ``run_training`` on the tiny dataset, in this process (a
+process of their own adds only start-up time), and fail at start-up; one case runs the real
+``nnUNetv2_train`` command for its exit code, its one ``ERROR:`` line and the absence of a traceback."""
 from __future__ import annotations
 
 import json
-import os
-import pathlib
 import shutil
-import subprocess
-from dataclasses import dataclass
-from typing import Dict
 
 import pytest
 
-from helpers import BIN, run_cli
+from helpers import run_cli, train_in_process
 from nnunetv2_sss.errors import UserError, UserFileNotFoundError, UserValueError, user_errors
 from nnunetv2_sss.training.base import first_new_folder
 from tiny_sam2 import write_tiny_config
@@ -95,122 +92,86 @@ def test_pretrain_cps4_without_preprocessed_data(nnunet_dataset, tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-# ---- trainers: nnUNetv2_train (all cases start at once: each run is mostly start-up time) -----------------
-def _schedule(dataset, root, results):
-    return dataset.env(nnUNet_results=results, nnUNet_sss_num_epochs="abc"), "nnUNetTrainerPlugin", "0"
-
-
-def _sam2_unset(dataset, root, results):
-    return (dataset.env(nnUNet_results=results, nnUNet_sss_sam2_config=write_tiny_config(root)),
-            "nnUNetTrainerSAM2", "0")
-
-
-def _sam2_missing(dataset, root, results):
-    fold = fold_folder(results, dataset, "nnUNetTrainerSAM2")
-    fold.mkdir(parents=True)
-    (fold / "earlier_run.txt").write_text("kept")
-    return (dataset.env(nnUNet_results=results, nnUNet_sss_sam2_config=write_tiny_config(root),
-                        nnUNet_sss_sam2_checkpoint=root / "missing.pt"), "nnUNetTrainerSAM2", "0")
-
-
-def _no_unlabeled(dataset, root, results):
-    preprocessed = dataset.copy_preprocessed(root)
-    shutil.rmtree(preprocessed / dataset.dataset_name / "nnUNetPlans_2d_unlabeled")
-    return dataset.env(nnUNet_preprocessed=preprocessed, nnUNet_results=results), "nnUNetTrainerMeanTeacher", "0"
-
-
-def _fold_all(dataset, root, results):
-    preprocessed = dataset.copy_preprocessed(root)
-    splits = preprocessed / dataset.dataset_name / "splits_semi_supervised.json"
-    splits.write_text(json.dumps([{"labeled": [], "unlabeled": []}]))
-    return dataset.env(nnUNet_preprocessed=preprocessed, nnUNet_results=results), "nnUNetTrainerMeanTeacher", "all"
-
-
-def _cps4(dataset, root, results):
-    return dataset.env(nnUNet_results=results), "nnUNetTrainerCPS4", "0"
-
-
-TRAINER_CASES = {"schedule": _schedule, "sam2_unset": _sam2_unset, "sam2_missing": _sam2_missing,
-                 "no_unlabeled": _no_unlabeled, "fold_all": _fold_all, "cps4": _cps4}
-
-
+# ---- trainers: nnUNetv2_train ----------------------------------------------------------------------------
 def fold_folder(results, dataset, trainer, fold="0", configuration="2d"):
     return results / dataset.dataset_name / f"{trainer}__nnUNetPlans__{configuration}" / f"fold_{fold}"
 
 
-@dataclass
-class TrainerRun:
-    root: pathlib.Path
-    results: pathlib.Path
-    result: subprocess.CompletedProcess
-
-
-@pytest.fixture(scope="module")
-def trainer_runs(nnunet_dataset, tmp_path_factory) -> Dict[str, TrainerRun]:
-    started = {}
-    for name, setup in TRAINER_CASES.items():
-        root = tmp_path_factory.mktemp(name)
-        results = root / "results"
-        results.mkdir()
-        env, trainer, fold = setup(nnunet_dataset, root, results)
-        command = [os.path.join(BIN, "nnUNetv2_train"), str(nnunet_dataset.dataset_id), "2d", fold, "-tr", trainer,
-                   "-device", "cpu"]
-        with open(root / "stdout.txt", "w") as out, open(root / "stderr.txt", "w") as err:
-            started[name] = (root, results, command, subprocess.Popen(command, env=env, stdout=out, stderr=err))
-    runs = {}
-    for name, (root, results, command, process) in started.items():
-        try:
-            process.wait(timeout=600)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        runs[name] = TrainerRun(root, results, subprocess.CompletedProcess(
-            command, process.returncode, (root / "stdout.txt").read_text(), (root / "stderr.txt").read_text()))
-    return runs
+def assert_trainer_error(message: str, *needles: str) -> None:
+    """What a trainer stopped with: one line ``ERROR: ...`` that contains every needle."""
+    assert message.startswith("ERROR: ") and "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
 
 
 @integration
-def test_bad_schedule_variable(trainer_runs):
-    run = trainer_runs["schedule"]
-    line = assert_user_error(run.result, "nnUNet_sss_num_epochs='abc'")
+def test_bad_schedule_variable_through_the_real_command(nnunet_dataset, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    result = run_cli(["nnUNetv2_train", nnunet_dataset.dataset_id, "2d", 0, "-tr", "nnUNetTrainerPlugin",
+                      "-device", "cpu"], nnunet_dataset.env(nnUNet_results=results, nnUNet_sss_num_epochs="abc"),
+                     expect_failure=True)
+    assert result.returncode == 1
+    line = assert_user_error(result, "nnUNet_sss_num_epochs='abc'")
     assert "not an integer" in line
-    assert list(run.results.iterdir()) == []  # the fold folder nnU-Net created is gone
+    assert list(results.iterdir()) == []  # the fold folder nnU-Net created is gone
 
 
 @integration
-def test_sam2_checkpoint_unset(trainer_runs):
-    run = trainer_runs["sam2_unset"]
-    assert_user_error(run.result, "nnUNet_sss_sam2_checkpoint is not set")
-    assert list(run.results.iterdir()) == []
+def test_sam2_checkpoint_unset(nnunet_dataset, monkeypatch, tmp_path):
+    env = nnunet_dataset.env(nnUNet_results=tmp_path / "results", nnUNet_sss_sam2_config=write_tiny_config(tmp_path))
+    message = train_in_process(monkeypatch, env, nnunet_dataset.dataset_id, "2d", "0", "nnUNetTrainerSAM2")
+    assert_trainer_error(message, "nnUNet_sss_sam2_checkpoint is not set")
+    assert list((tmp_path / "results").iterdir()) == []
 
 
 @integration
-def test_sam2_checkpoint_missing_keeps_an_existing_fold_folder(nnunet_dataset, trainer_runs):
-    run = trainer_runs["sam2_missing"]
-    assert_user_error(run.result, f"nnUNet_sss_sam2_checkpoint='{run.root / 'missing.pt'}'", "file not found")
-    fold = fold_folder(run.results, nnunet_dataset, "nnUNetTrainerSAM2")
+def test_sam2_checkpoint_missing_keeps_an_existing_fold_folder(nnunet_dataset, monkeypatch, tmp_path):
+    results = tmp_path / "results"
+    fold = fold_folder(results, nnunet_dataset, "nnUNetTrainerSAM2")
+    fold.mkdir(parents=True)
+    (fold / "earlier_run.txt").write_text("kept")
+    env = nnunet_dataset.env(nnUNet_results=results, nnUNet_sss_sam2_config=write_tiny_config(tmp_path),
+                             nnUNet_sss_sam2_checkpoint=tmp_path / "missing.pt")
+    message = train_in_process(monkeypatch, env, nnunet_dataset.dataset_id, "2d", "0", "nnUNetTrainerSAM2")
+    assert_trainer_error(message, f"nnUNet_sss_sam2_checkpoint='{tmp_path / 'missing.pt'}'", "file not found")
     assert (fold / "earlier_run.txt").read_text() == "kept"  # not created by this run: kept
     logs = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert "ERROR: nnUNet_sss_sam2_checkpoint=" in logs
 
 
 @integration
-def test_semi_supervised_trainer_without_unlabeled_data(trainer_runs):
-    run = trainer_runs["no_unlabeled"]
-    assert_user_error(run.result, "nnUNetPlans_2d_unlabeled",
-                      "nnUNetv2_sss_preprocess_unlabeled -d Dataset901_Tiny -c 2d")
-    assert list(run.results.iterdir()) == []
+def test_semi_supervised_trainer_without_unlabeled_data(nnunet_dataset, monkeypatch, tmp_path):
+    preprocessed = nnunet_dataset.copy_preprocessed(tmp_path)
+    shutil.rmtree(preprocessed / nnunet_dataset.dataset_name / "nnUNetPlans_2d_unlabeled")
+    env = nnunet_dataset.env(nnUNet_preprocessed=preprocessed, nnUNet_results=tmp_path / "results")
+    message = train_in_process(monkeypatch, env, nnunet_dataset.dataset_id, "2d", "0", "nnUNetTrainerMeanTeacher")
+    assert_trainer_error(message, "nnUNetPlans_2d_unlabeled", "nnUNetv2_sss_preprocess_unlabeled -d Dataset901_Tiny -c 2d")
+    assert list((tmp_path / "results").iterdir()) == []
 
 
 @integration
-def test_fold_all_refused_with_label_scarcity_splits(trainer_runs):
-    run = trainer_runs["fold_all"]
-    assert_user_error(run.result, "splits_semi_supervised.json", "fold 'all'")
-    assert list(run.results.iterdir()) == []
+def test_fold_all_refused_with_label_scarcity_splits(nnunet_dataset, monkeypatch, tmp_path):
+    preprocessed = nnunet_dataset.copy_preprocessed(tmp_path)
+    splits = preprocessed / nnunet_dataset.dataset_name / "splits_semi_supervised.json"
+    splits.write_text(json.dumps([{"labeled": [], "unlabeled": []}]))
+    env = nnunet_dataset.env(nnUNet_preprocessed=preprocessed, nnUNet_results=tmp_path / "results")
+    message = train_in_process(monkeypatch, env, nnunet_dataset.dataset_id, "2d", "all", "nnUNetTrainerMeanTeacher")
+    assert_trainer_error(message, "splits_semi_supervised.json", "fold 'all'")
+    assert list((tmp_path / "results").iterdir()) == []
 
 
 @integration
-def test_cps4_without_stage1(trainer_runs):
-    run = trainer_runs["cps4"]
-    assert_user_error(run.result, "cps4_stage1.pt", "nnUNetv2_sss_pretrain_cps4 -d Dataset901_Tiny -c 2d -f 0")
-    assert list(run.results.iterdir()) == []
+def test_cps4_without_stage1(nnunet_dataset, monkeypatch, tmp_path):
+    env = nnunet_dataset.env(nnUNet_results=tmp_path / "results")
+    message = train_in_process(monkeypatch, env, nnunet_dataset.dataset_id, "2d", "0", "nnUNetTrainerCPS4")
+    assert_trainer_error(message, "cps4_stage1.pt", "nnUNetv2_sss_pretrain_cps4 -d Dataset901_Tiny -c 2d -f 0")
+    assert list((tmp_path / "results").iterdir()) == []
+
+
+@integration
+def test_cps4_on_a_3d_configuration(nnunet_dataset, monkeypatch, tmp_path):
+    env = nnunet_dataset.env(nnUNet_results=tmp_path / "results")
+    message = train_in_process(monkeypatch, env, nnunet_dataset.dataset_id, "3d_fullres", "0", "nnUNetTrainerCPS4")
+    assert_trainer_error(message, "nnUNetTrainerCPS4 is 2-D only", "not '3d_fullres'")
+    assert list((tmp_path / "results").iterdir()) == []
