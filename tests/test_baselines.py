@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.nn.modules.loss import CrossEntropyLoss
 
-from nnunetv2_sss.ssl.cross_pseudo import cross_pseudo_supervision_loss
 from nnunetv2_sss.ssl.mixup import mix_pairs, sample_mixup_factors, split_pairs
 from nnunetv2_sss.ssl.ssl4mis import iteration_rampup, normalised_entropy, sigmoid_rampup, teacher_input_noise
 from nnunetv2_sss.training.options import declared_defaults
@@ -236,8 +235,10 @@ def test_entropy_min_loss_equals_ssl4mis(num_classes):
     labeled, unlabeled = _images(2, seed=1), _images(3, seed=2)
     trainer = _bare_trainer(nnUNetTrainerEntropyMin, network=network, loss=lambda output, target: output.sum() * 0)
     objective = _objective(trainer, entropy_num_classes=num_classes)
-    _, labeled_output, _ = objective.supervised_loss(labeled, None)
-    loss, _ = objective.unlabeled_loss({'data': unlabeled}, labeled_output)
+    # the trainer's loss parts: the labeled patches' share of the entropy in the labeled part, the rest after it
+    parts = list(objective.loss_parts(labeled, None, {'data': unlabeled}))
+    assert len(parts) == 2 and parts[0].supervised is not None and parts[1].supervised is None
+    loss = parts[0].unlabeled + parts[1].unlabeled
     # SSL4MIS: outputs_soft of the whole batch (labeled + unlabeled), C = 4 in the script
     outputs_soft = torch.softmax(network(torch.cat([labeled, unlabeled])), dim=1)
     reference = ssl4mis_entropy_loss(outputs_soft, C=num_classes or 3)
@@ -308,26 +309,42 @@ def test_cps_loss_equals_ssl4mis():
     trainer = _bare_trainer(nnUNetTrainerCPS, network=network_1)
     objective = _objective(trainer)
     objective.trained_modules['network_b'] = network_2
-    loss, figures = objective.unlabeled_loss({'data': unlabeled})
+    part_1, part_2 = objective.unlabeled_parts({'data': unlabeled})
     supervision_1, supervision_2 = ssl4mis_cps_pseudo_supervision(network_1(unlabeled), network_2(unlabeled))
-    assert loss.item() == pytest.approx((supervision_1 + supervision_2).item(), rel=1e-6)
-    assert 0 <= figures['ssl_cps_agreement'] <= 1
+    assert part_1.unlabeled.item() == pytest.approx(supervision_1.item(), rel=1e-6)
+    assert part_2.unlabeled.item() == pytest.approx(supervision_2.item(), rel=1e-6)
+    agreement = (network_1(unlabeled).argmax(1) == network_2(unlabeled).argmax(1)).float().mean()
+    assert part_1.figures['ssl_cps_agreement'].item() == pytest.approx(agreement.item())
+
+
+class _FixedLogits(nn.Module):
+    """A 'network' whose output is its one parameter (``(B, K, voxels)`` logits), whatever the input."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(torch.tensor(logits))
+
+    def forward(self, x):
+        return self.logits
 
 
 def test_cps_cross_losses_by_hand():
     # (B=1, K=2, 2 voxels); network 1: voxel 0 -> class 1, voxel 1 -> class 0; network 2: 0 -> 0, 1 -> 1
-    logits_1 = torch.tensor([[[0.0, 1.0], [2.0, 0.0]]], requires_grad=True)
-    logits_2 = torch.tensor([[[3.0, 0.0], [0.0, 1.0]]], requires_grad=True)
-    loss = cross_pseudo_supervision_loss(logits_1, logits_2)
+    network_1, network_2 = _FixedLogits([[[0.0, 1.0], [2.0, 0.0]]]), _FixedLogits([[[3.0, 0.0], [0.0, 1.0]]])
+    objective = _objective(_bare_trainer(nnUNetTrainerCPS, network=network_1))
+    objective.trained_modules['network_b'] = network_2
+    part_1, part_2 = objective.unlabeled_parts({'data': torch.zeros(1)})
     ce_1_on_label_2 = 0.5 * (math.log(1 + math.e ** 2) + math.log(1 + math.e))  # targets (0, 1)
     ce_2_on_label_1 = 0.5 * (math.log(1 + math.e ** 3) + math.log(1 + math.e))  # targets (1, 0)
-    assert loss.item() == pytest.approx(ce_1_on_label_2 + ce_2_on_label_1, rel=1e-6)
+    assert part_1.unlabeled.item() == pytest.approx(ce_1_on_label_2, rel=1e-6)
+    assert part_2.unlabeled.item() == pytest.approx(ce_2_on_label_1, rel=1e-6)
+    assert part_1.figures['ssl_cps_agreement'].item() == 0.0
 
-    # the pseudo-labels carry no gradient: d loss / d logits_1 = (softmax(logits_1) - onehot(argmax logits_2)) / N
-    loss.backward()
+    # the pseudo-labels carry no gradient: d part / d logits_1 = (softmax(logits_1) - onehot(argmax logits_2)) / N
+    part_1.unlabeled.backward()
+    assert network_2.logits.grad is None
     onehot_label_2 = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
-    assert torch.allclose(logits_1.grad, (torch.softmax(logits_1.detach(), 1) - onehot_label_2) / 2)
+    assert torch.allclose(network_1.logits.grad, (torch.softmax(network_1.logits.detach(), 1) - onehot_label_2) / 2)
+    part_2.unlabeled.backward()
     onehot_label_1 = torch.tensor([[[0.0, 1.0], [1.0, 0.0]]])
-    assert torch.allclose(logits_2.grad, (torch.softmax(logits_2.detach(), 1) - onehot_label_1) / 2)
-    with pytest.raises(ValueError, match="shape"):
-        cross_pseudo_supervision_loss(logits_1, logits_1[..., :1])
+    assert torch.allclose(network_2.logits.grad, (torch.softmax(network_2.logits.detach(), 1) - onehot_label_1) / 2)

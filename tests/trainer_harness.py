@@ -7,6 +7,11 @@ The trainer is built as ``nnUNetv2_train`` builds it (``get_trainer_from_args``,
 
 - ``losses``: the step's ``loss``; ``unlabeled_losses``: its ``ssl_unlabeled_loss`` (semi-supervised
   trainers only, else empty); ``figures``: every other scalar of the step outputs, per step;
+- ``split_gradient_difference`` (semi-supervised trainers): on the first batch, before the first step,
+  the relative difference (2-norm over every trained parameter) between the gradients computed part by
+  part (a backward pass per loss part, the trainers' default) and with one backward pass of the summed
+  parts (``split_backward = False``); the trainer's random generators are put back afterwards, so the
+  recorded steps are unchanged;
 - ``weights``: after the last step, count, sum and sum of squares (float64) of the parameters of every
   model the trainer holds (``plugin_trainers.trainer_models``: the student, the EMA ``teacher`` and the
   objective's extra modules, e.g. CPS's ``network_b``), and sum and sum of squares of their change since
@@ -131,6 +136,28 @@ def prepare_cps4_stage1(dataset: str, configuration: str, fold: int, seed: int) 
     return time.perf_counter() - started
 
 
+def split_gradient_difference(trainer, batch: dict) -> float:
+    """``|g_split - g_one| / |g_one|`` over every trained parameter for one ``compute_gradients`` of ``batch``
+    with ``split_backward`` on and off, from the same random state; the state is restored afterwards."""
+    import torch
+    from nnunetv2_sss.training.checkpoint_io import capture_rng_state, restore_rng_state
+    from nnunetv2_sss.training.seeding import trainer_generators
+    generators = trainer_generators(trainer)
+    state = capture_rng_state(trainer.device, generators)
+    parameters = [p for module in trainer.trained_modules() for p in module.parameters() if p.requires_grad]
+    gradients = {}
+    for split in (True, False):
+        restore_rng_state(state, trainer.device, generators)
+        trainer.split_backward = split
+        trainer.compute_gradients(dict(batch))
+        gradients[split] = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).double().reshape(-1)
+                                      for p in parameters])
+    restore_rng_state(state, trainer.device, generators)
+    trainer.split_backward = True
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return float((gradients[True] - gradients[False]).norm() / gradients[False].norm())
+
+
 def run_trainer(dataset: str, trainer_name: str, steps: int = DEFAULT_STEPS, configuration: str = "2d",
                 fold: int = 0) -> dict:
     """``steps`` training iterations of ``trainer_name`` on the CPU; its losses, figures and weights."""
@@ -145,8 +172,12 @@ def run_trainer(dataset: str, trainer_name: str, steps: int = DEFAULT_STEPS, con
         trainer.on_train_epoch_start()
         models = trainer_models(trainer)
         initial = {name: parameter_snapshot(model) for name, model in models.items()}
-        for _ in range(steps):
-            outputs = trainer.train_step(next(trainer.dataloader_train))
+        for step in range(steps):
+            batch = next(trainer.dataloader_train)
+            if step == 0 and hasattr(trainer, "compute_gradients"):
+                batch["unlabeled"] = next(trainer.dataloader_unlabeled)  # the draw train_step would make
+                record["split_gradient_difference"] = split_gradient_difference(trainer, batch)
+            outputs = trainer.train_step(batch)
             record["losses"].append(_scalar(outputs["loss"]))
             if "ssl_unlabeled_loss" in outputs:
                 record["unlabeled_losses"].append(_scalar(outputs["ssl_unlabeled_loss"]))

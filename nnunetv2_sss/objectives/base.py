@@ -17,21 +17,35 @@ it; a trainer only names the objective and, where it wants other values, overrid
 - ``figures``: logger key -> legend of its figures (``count_figures``: those that are counts, drawn
   on their own axis of progress.png).
 
-It returns each step's losses and figures (:meth:`supervised_loss`, :meth:`unlabeled_loss`) and
-the weight of the unlabeled loss (:meth:`unlabeled_weight`); the trainer does the optimisation,
-the EMA update and the logging. Every student computation is a call of ``trainer.network``
-(wrapped in DDP on several GPUs, :mod:`nnunetv2_sss.networks.passes`).
+It returns each step's losses and figures as a sequence of parts (:meth:`loss_parts`, by default
+the labeled part of :meth:`supervised_loss`, then the unlabeled part of :meth:`unlabeled_loss`) and
+the weight of the unlabeled loss (:meth:`unlabeled_weight`); the trainer runs the backward pass of
+each part before the objective builds the next (so only one part's graph is alive at a time; the
+gradients sum to those of the whole loss), then does the optimisation, the EMA update and the
+logging. Figures are 0-d tensors (no host round-trip per figure; the trainer fetches them all at
+once). Every student computation is a call of ``trainer.network`` (wrapped in DDP on several GPUs,
+:mod:`nnunetv2_sss.networks.passes`).
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-Figures = Dict[str, float]
+Figures = Dict[str, torch.Tensor]  # logger key -> 0-d tensor (or float)
+
+
+@dataclass
+class LossPart:
+    """One part of a step's loss, ``supervised + w * unlabeled`` (``w``: the unlabeled weight); the
+    trainer runs its backward pass before the objective computes the next part."""
+    supervised: Optional[torch.Tensor] = None
+    unlabeled: Optional[torch.Tensor] = None
+    figures: Figures = field(default_factory=dict)
 
 
 def first_output(output):
@@ -92,6 +106,18 @@ class Objective:
         t = min(1.0, self.trainer.current_epoch / rampup_epochs)
         return self.unlabeled_loss_weight * math.exp(-5.0 * (1.0 - t) ** 2)
 
+    def loss_parts(self, data: torch.Tensor, target, unlabeled: dict) -> Iterator[LossPart]:
+        """The step's loss in parts: the labeled part (:meth:`supervised_loss`), then the unlabeled parts
+        (:meth:`unlabeled_parts`, which may read the labeled output's values, not its graph)."""
+        loss, output, figures = self.supervised_loss(data, target)
+        yield LossPart(supervised=loss, figures=figures)
+        yield from self.unlabeled_parts(unlabeled, output)
+
+    def unlabeled_parts(self, unlabeled: dict, labeled_output=None) -> Iterator[LossPart]:
+        """The unlabeled loss in parts; by default one, :meth:`unlabeled_loss`."""
+        loss, figures = self.unlabeled_loss(unlabeled, labeled_output)
+        yield LossPart(unlabeled=loss, figures=figures)
+
     def supervised_loss(self, data: torch.Tensor, target) -> Tuple[torch.Tensor, object, Figures]:
         """nnU-Net's own loss (Dice + CE, deep supervision) on the labeled batch ``data``
         ``(B, C, *spatial)``; returns ``(loss, network output, figures)``."""
@@ -104,9 +130,14 @@ class Objective:
         ``ssl_confident_share``. ``labeled_output``: the student's output on the labeled batch."""
         raise NotImplementedError
 
-    def confident_share(self, probabilities: torch.Tensor) -> float:
-        """Share of voxels whose top probability reaches ``confidence_threshold``."""
-        return float((probabilities.max(1).values >= self.confidence_threshold).float().mean())
+    def unlabeled_total(self, unlabeled: dict, labeled_output=None) -> Tuple[torch.Tensor, Figures]:
+        """The sum of :meth:`unlabeled_parts` and their figures (one graph: for tests and inspection)."""
+        parts = list(self.unlabeled_parts(unlabeled, labeled_output))
+        return sum(p.unlabeled for p in parts), {k: v for p in parts for k, v in p.figures.items()}
+
+    def confident_share(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Share of voxels whose top probability reaches ``confidence_threshold`` (0-d tensor)."""
+        return (probabilities.max(1).values >= self.confidence_threshold).float().mean()
 
 
 class TeacherObjective(Objective):

@@ -65,5 +65,5 @@ class CPS4Objective(TeacherObjective):
         loss_enhance = soft_cross_entropy(student, enhanced_soft_target(teacher_probabilities, text))
         confidence, teacher_label = teacher_probabilities.max(1)
         return 0.5 * (loss_text + loss_enhance), \
-            {'ssl_confident_share': float((confidence >= self.confidence_threshold).float().mean()),
-             'ssl_text_teacher_agreement': float((teacher_label == text).float().mean())}
+            {'ssl_confident_share': (confidence >= self.confidence_threshold).float().mean(),
+             'ssl_text_teacher_agreement': (teacher_label == text).float().mean()}

@@ -27,4 +27,4 @@ class FixMatchObjective(Objective):
         valid = confidence >= self.confidence_threshold
         strong_logits = first_output(network(unlabeled['strong'][0]))
         return masked_cross_entropy(strong_logits, pseudo_label, valid), \
-            {'ssl_confident_share': float(valid.float().mean())}
+            {'ssl_confident_share': valid.float().mean()}

@@ -27,12 +27,12 @@ Teacher: 1000 of 30000, ``train_mean_teacher_2D.py`` lines 170-171).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Iterator, Tuple
 
 import torch
+import torch.nn.functional as F
 
-from nnunetv2_sss.objectives.base import Figures, Objective, TeacherObjective, first_output
-from nnunetv2_sss.ssl.cross_pseudo import cross_pseudo_supervision_loss
+from nnunetv2_sss.objectives.base import Figures, LossPart, Objective, TeacherObjective, first_output
 from nnunetv2_sss.ssl.losses import softmax_mse
 from nnunetv2_sss.ssl.mixup import mix_pairs, sample_mixup_factors, split_pairs
 from nnunetv2_sss.ssl.ssl4mis import (SSL4MIS_MAX_ITERATIONS, SSL4MIS_RAMPUP_LENGTH, iteration_rampup,
@@ -73,9 +73,23 @@ class MeanTeacherObjective(SSL4MISObjective, TeacherObjective):
 
 
 class EntropyMinObjective(SSL4MISObjective):
-    """No teacher: the student is exported."""
+    """No teacher: the student is exported. Loss parts: the labeled part carries the labeled patches'
+    share of the entropy (their graph is the labeled one), the unlabeled part the rest; both are
+    divided by the voxel count of the whole batch, so they sum to SSL4MIS's mean."""
     defaults = {'entropy_num_classes': None,  # None: the dataset's number of classes (SSL4MIS hard-codes 4)
                 'entropy_on_labeled': True}   # SSL4MIS: entropy of the whole (labeled + unlabeled) batch
+
+    def loss_parts(self, data: torch.Tensor, target, unlabeled: dict) -> Iterator[LossPart]:
+        loss, output, figures = self.supervised_loss(data, target)
+        labeled = torch.softmax(first_output(output).float(), 1)
+        num_classes = self.entropy_num_classes or labeled.shape[1]
+        inputs = unlabeled['data']
+        voxels = inputs.shape[0] * inputs[0, 0].numel() + (labeled[:, 0].numel() if self.entropy_on_labeled else 0)
+        labeled_share = normalised_entropy(labeled, num_classes).sum() / voxels if self.entropy_on_labeled else None
+        yield LossPart(supervised=loss, unlabeled=labeled_share, figures=figures)
+        probabilities = torch.softmax(first_output(self.trainer.network(inputs)).float(), 1)
+        yield LossPart(unlabeled=normalised_entropy(probabilities, num_classes).sum() / voxels,
+                       figures={'ssl_confident_share': self.confident_share(probabilities.detach())})
 
     def unlabeled_loss(self, unlabeled: dict, labeled_output=None) -> Tuple[torch.Tensor, Figures]:
         probabilities = torch.softmax(first_output(self.trainer.network(unlabeled['data'])).float(), 1)
@@ -124,15 +138,23 @@ class CPSObjective(SSL4MISObjective):
     def network_b(self):
         return self.trained_modules['network_b']
 
-    def supervised_loss(self, data: torch.Tensor, target) -> Tuple[torch.Tensor, object, Figures]:
-        loss_1, output, figures = super().supervised_loss(data, target)
-        return loss_1 + self.trainer.loss(self.network_b(data), target), output, figures
+    def loss_parts(self, data: torch.Tensor, target, unlabeled: dict) -> Iterator[LossPart]:
+        """Four parts, one network's graph each: the labeled loss of network 1, of network 2, then the two
+        unlabeled parts (:meth:`unlabeled_parts`)."""
+        loss, _, figures = self.supervised_loss(data, target)
+        yield LossPart(supervised=loss, figures=figures)
+        yield LossPart(supervised=self.trainer.loss(self.network_b(data), target))
+        yield from self.unlabeled_parts(unlabeled)
 
-    def unlabeled_loss(self, unlabeled: dict, labeled_output=None) -> Tuple[torch.Tensor, Figures]:
-        logits_1 = first_output(self.trainer.network(unlabeled['data']))
-        logits_2 = first_output(self.network_b(unlabeled['data']))
-        loss = cross_pseudo_supervision_loss(logits_1, logits_2)
+    def unlabeled_parts(self, unlabeled: dict, labeled_output=None) -> Iterator[LossPart]:
+        """``CE(f_1, argmax f_2)`` (network 2's pseudo-label from a forward without gradient), then
+        ``CE(f_2, argmax f_1)``: SSL4MIS's two terms, one network's graph at a time."""
+        inputs = unlabeled['data']
         with torch.no_grad():
-            agreement = (logits_1.argmax(1) == logits_2.argmax(1)).float().mean()
-        return loss, {'ssl_confident_share': self.confident_share(torch.softmax(logits_1.detach().float(), 1)),
-                      'ssl_cps_agreement': float(agreement)}
+            pseudo_label_2 = first_output(self.network_b(inputs)).argmax(1)
+        logits_1 = first_output(self.trainer.network(inputs))
+        pseudo_label_1 = logits_1.detach().argmax(1)
+        yield LossPart(unlabeled=F.cross_entropy(logits_1.float(), pseudo_label_2),
+                       figures={'ssl_confident_share': self.confident_share(torch.softmax(logits_1.detach().float(), 1)),
+                                'ssl_cps_agreement': (pseudo_label_1 == pseudo_label_2).float().mean()})
+        yield LossPart(unlabeled=F.cross_entropy(first_output(self.network_b(inputs)).float(), pseudo_label_1))

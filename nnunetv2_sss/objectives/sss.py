@@ -29,6 +29,7 @@ from nnunetv2_sss.objectives.unimatch_v2 import UniMatchV2Objective
 from nnunetv2_sss.sss.ground_truth_prompts import ground_truth_prompts
 from nnunetv2_sss.sss.pcsw import DEFAULT_TAU
 from nnunetv2_sss.sss.refinement import prompt_coordinates, refine_slices
+from nnunetv2_sss.transfer import to_device
 
 
 def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -91,11 +92,11 @@ class SSSObjective(UniMatchV2Objective):
         prompts, masks = ground_truth_prompts(self.label_slices(target), trainer.label_manager.foreground_labels,
                                               self.max_prompts_per_step, self.prompt_rng)
         if not prompts:
-            return loss, output, {'ssl_prompt_loss': float('nan')}
-        rows = torch.tensor([p.slice_index for p in prompts], device=data.device)
+            return loss, output, {'ssl_prompt_loss': torch.full((), float('nan'), device=data.device)}
+        rows = to_device(torch.tensor([p.slice_index for p in prompts]), data.device)
         logits = trainer.network(features, rows, *prompt_coordinates(prompts, data.device), pass_='prompt')
-        prompt_loss = mask_loss(logits, torch.from_numpy(masks).to(data.device))
-        return loss + self.prompt_loss_weight * prompt_loss, output, {'ssl_prompt_loss': float(prompt_loss.detach())}
+        prompt_loss = mask_loss(logits, to_device(torch.from_numpy(masks), data.device))
+        return loss + self.prompt_loss_weight * prompt_loss, output, {'ssl_prompt_loss': prompt_loss.detach()}
 
     # ---- PCSW refinement of pseudo-labels ------------------------------------------------------
     def refinement_active(self) -> bool:
@@ -124,8 +125,8 @@ class SSSObjective(UniMatchV2Objective):
         figures = dict(
             ssl_pcsw_acceptance=refined.accepted_volumes / num_volumes,
             ssl_prompts_per_volume=refined.num_prompts / num_volumes,
-            ssl_pseudo_label_changed=float((refined.labels != label_slices).float().mean()),
-            ssl_confident_from_head=float((confident & refined.from_head).sum() / confident.sum().clamp_min(1)))
+            ssl_pseudo_label_changed=(refined.labels != label_slices).float().mean(),
+            ssl_confident_from_head=(confident & refined.from_head).sum() / confident.sum().clamp_min(1))
         batch = pseudo_label.shape[0]
         return (teacher.from_slices(refined.labels[:, None], batch)[:, 0],
                 teacher.from_slices(refined.confidence[:, None], batch)[:, 0], figures)

@@ -5,6 +5,8 @@ from typing import Callable, List, Sequence, Tuple
 
 import torch
 
+from nnunetv2_sss.transfer import to_device
+
 
 def complementary_masks(num_pairs: int, channels: int, kept_pairs: torch.Tensor,
                         device=None, generator: torch.Generator = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -16,7 +18,7 @@ def complementary_masks(num_pairs: int, channels: int, kept_pairs: torch.Tensor,
     """
     m1 = torch.bernoulli(torch.full((num_pairs, channels), 0.5), generator=generator).mul_(2.0)
     m1[kept_pairs] = 1.0
-    m1 = m1.to(device)
+    m1 = to_device(m1, device) if device is not None else m1
     return m1, 2.0 - m1
 
 
@@ -29,24 +31,31 @@ def choose_kept_pairs(num_pairs: int, drop_probability: float = 0.5,
     return kept
 
 
+def draw_complementary_masks(num_pairs: int, channels: Sequence[int], drop_probability: float = 0.5,
+                             generator: torch.Generator = None, device=None) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Masks of views 1 and 2 for feature levels of ``channels[i]`` channels: each level draws its own,
+    the set of undropped pairs is drawn once and shared by all levels."""
+    kept = choose_kept_pairs(num_pairs, drop_probability, generator)
+    masks = [complementary_masks(num_pairs, c, kept, device, generator) for c in channels]
+    return [m1 for m1, _ in masks], [m2 for _, m2 in masks]
+
+
+def apply_channel_masks(features: Sequence[torch.Tensor], masks: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """``features[i] * masks[i]`` broadcast over the spatial axes (``(B, C_i, *spatial)`` times ``(B, C_i)``)."""
+    return [f * m.view(*m.shape, *([1] * (f.ndim - 2))).to(f.dtype) for f, m in zip(features, masks)]
+
+
 def apply_complementary_dropout(features_1: Sequence[torch.Tensor], features_2: Sequence[torch.Tensor],
                                 drop_probability: float = 0.5, generator: torch.Generator = None
                                 ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """Drop complementary channels of two views' features.
 
     ``features_1[i]``, ``features_2[i]``: ``(B, C_i, *spatial)`` features of view 1 and 2 of
-    the same ``B`` images at level ``i``. Each level draws its own masks; the set of
-    undropped pairs is drawn once and shared by all levels.
+    the same ``B`` images at level ``i`` (:func:`draw_complementary_masks`).
     """
-    num_pairs = features_1[0].shape[0]
-    kept = choose_kept_pairs(num_pairs, drop_probability, generator)
-    out_1, out_2 = [], []
-    for f1, f2 in zip(features_1, features_2):
-        m1, m2 = complementary_masks(num_pairs, f1.shape[1], kept, f1.device, generator)
-        shape = (num_pairs, f1.shape[1]) + (1,) * (f1.ndim - 2)
-        out_1.append(f1 * m1.view(shape).to(f1.dtype))
-        out_2.append(f2 * m2.view(shape).to(f2.dtype))
-    return out_1, out_2
+    masks_1, masks_2 = draw_complementary_masks(features_1[0].shape[0], [f.shape[1] for f in features_1],
+                                                drop_probability, generator, features_1[0].device)
+    return apply_channel_masks(features_1, masks_1), apply_channel_masks(features_2, masks_2)
 
 
 def dropped_decoder_inputs(fuse: Callable, features_1: Sequence[torch.Tensor], features_2: Sequence[torch.Tensor],

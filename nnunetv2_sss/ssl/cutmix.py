@@ -10,13 +10,14 @@ import torch
 
 
 def random_box_mask(spatial_shape: Sequence[int], rng: np.random.Generator, p: float = 0.5,
-                    area_range=(0.02, 0.4), aspect_range=(0.3, 1 / 0.3)) -> torch.Tensor:
-    """Bool mask of ``spatial_shape`` with one axis-aligned box, or all False with prob ``1-p``.
+                    area_range=(0.02, 0.4), aspect_range=(0.3, 1 / 0.3), device=None) -> torch.Tensor:
+    """Bool mask of ``spatial_shape`` with one axis-aligned box, or all False with prob ``1-p``,
+    made on ``device`` (the box drawn from ``rng`` on the host, no copy).
 
     The box covers a fraction in ``area_range`` of the patch area (2-D) or volume (3-D);
     its side ratios are drawn log-uniformly from ``aspect_range`` and it lies inside the patch.
     """
-    mask = torch.zeros(tuple(spatial_shape), dtype=torch.bool)
+    mask = torch.zeros(tuple(spatial_shape), dtype=torch.bool, device=device)
     if rng.random() >= p:
         return mask
     total = float(np.prod(spatial_shape))
@@ -39,7 +40,7 @@ def cutmix_from_reversed_batch(tensor: torch.Tensor, boxes: torch.Tensor) -> tor
     ``boxes`` stay consistent.
     """
     source = tensor.flip(0)
-    mask = boxes.to(tensor.device)
+    mask = boxes
     if tensor.ndim == boxes.ndim + 1:
         mask = mask.unsqueeze(1)
     return torch.where(mask, source, tensor)

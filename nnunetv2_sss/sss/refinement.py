@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from nnunetv2_sss.sss.pcsw import SlicePrompt, pcsw_prompts
+from nnunetv2_sss.transfer import to_device
 
 
 @dataclass
@@ -41,11 +42,11 @@ class Refinement:
 
 
 def prompt_coordinates(prompts: Sequence[SlicePrompt], device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """SAM-2 prompt coordinates of ``prompts``: boxes ``(P, 4)`` as (x0, y0, x1, y1) and positive
-    points ``(P, 2)`` as (x, y), float pixels (PCSW's are (row, column))."""
-    boxes = torch.tensor([[p.box[1], p.box[0], p.box[3], p.box[2]] for p in prompts], dtype=torch.float32)
-    points = torch.tensor([[p.positive_point[1], p.positive_point[0]] for p in prompts], dtype=torch.float32)
-    return boxes.reshape(-1, 4).to(device), points.reshape(-1, 2).to(device)
+    """SAM-2 prompt coordinates of ``prompts`` on ``device`` (one asynchronous copy): boxes ``(P, 4)`` as
+    (x0, y0, x1, y1) and positive points ``(P, 2)`` as (x, y), float pixels (PCSW's are (row, column))."""
+    rows = [[p.box[1], p.box[0], p.box[3], p.box[2], p.positive_point[1], p.positive_point[0]] for p in prompts]
+    coordinates = to_device(torch.tensor(rows, dtype=torch.float32).reshape(-1, 6), device)
+    return coordinates[:, :4], coordinates[:, 4:]
 
 
 def find_prompts(label_slices: np.ndarray, slices_per_volume: int, classes: Sequence[int], tau: float
@@ -66,17 +67,16 @@ def apply_prompt_masks(labels: torch.Tensor, confidence: torch.Tensor, prompts: 
                        rows: Sequence[int], logits: torch.Tensor
                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Refined copies of ``labels`` / ``confidence`` ``(N, H, W)`` and the bool map of voxels the
-    head decided, given each prompt's mask logits ``(P, H, W)`` on row ``rows[i]``."""
+    head decided, given each prompt's mask logits ``(P, H, W)`` on row ``rows[i]`` (element-wise
+    selections on the device: no host round-trip per prompt)."""
     labels, confidence = labels.clone(), confidence.clone()
     from_head = torch.zeros_like(labels, dtype=torch.bool)
     probability = torch.sigmoid(logits.float()).to(confidence.dtype)
     for prompt, row, p in zip(prompts, rows, probability):
         inside = p > 0.5
         removed = (labels[row] == prompt.label) & ~inside
-        labels[row][removed] = 0
-        confidence[row][removed] = 1 - p[removed]
-        labels[row][inside] = prompt.label
-        confidence[row][inside] = p[inside]
+        confidence[row] = torch.where(inside, p, torch.where(removed, 1 - p, confidence[row]))
+        labels[row] = torch.where(inside, prompt.label, torch.where(removed, 0, labels[row]))
         from_head[row] |= inside | removed
     return labels, confidence, from_head
 
@@ -98,7 +98,7 @@ def refine_slices(head, slice_levels: Callable[[List[int]], List[torch.Tensor]],
     unique_rows = sorted(set(rows))
     position = {row: i for i, row in enumerate(unique_rows)}
     boxes, points = prompt_coordinates(prompts, labels.device)
-    logits = head(slice_levels(unique_rows), torch.tensor([position[r] for r in rows], device=labels.device),
+    logits = head(slice_levels(unique_rows), to_device(torch.tensor([position[r] for r in rows]), labels.device),
                   boxes, points)
     refined, refined_confidence, from_head = apply_prompt_masks(labels, confidence, prompts, rows, logits)
     return Refinement(refined, refined_confidence, from_head, accepted, len(prompts))

@@ -6,16 +6,14 @@
 - :func:`cpu_ddp_wrapping`: nnU-Net wraps the network with ``device_ids=[local_rank]``, which
   DDP refuses for a CPU module; on the gloo backend (CPU) the wrap gets ``device_ids=None``.
   nnU-Net's own launcher needs CUDA; CPU DDP is what the tests run.
-- :func:`touch_every_parameter`: a zero-weighted term over every trainable parameter, so each
-  one gets a gradient every step (DDP with nnU-Net's ``find_unused_parameters=False`` stops at
-  a parameter without gradient, e.g. the prompt head in a step without prompts).
+- the semi-supervised step keeps gradients local and averages them itself (``training/step.py``).
 - :func:`check_replicas_equal`: the EMA teacher (not a DDP module: every rank updates its own
   copy from the synchronised student) compared across ranks by a checksum.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -54,12 +52,6 @@ def wrap_for_ddp(module: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     device_ids = [device.index if device.index is not None else 0] if device.type == 'cuda' else None
     return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
-
-
-def touch_every_parameter(modules: Iterable[torch.nn.Module]) -> torch.Tensor:
-    """``0 *`` (one element of every trainable parameter): a zero term that gives each a gradient."""
-    terms = [p.view(-1)[0] for m in modules for p in m.parameters() if p.requires_grad]
-    return 0.0 * torch.stack(terms).sum() if terms else torch.zeros(())
 
 
 @torch.no_grad()

@@ -9,14 +9,16 @@
   ``uses_teacher`` (updated every iteration, parameters and buffers,
   ``alpha = min(1 - 1/(it + 1), ema_decay)``), its random generators, its extra trained modules
   (optimiser, clipping, DDP, checkpoint) and its checkpoint state;
-- ``L = L_l + w * L_u`` with nnU-Net's own loss as ``L_l`` and the objective's weight ``w``;
+- ``L = L_l + w * L_u`` with nnU-Net's own loss as ``L_l`` and the objective's weight ``w``, in the
+  objective's loss parts, each part's backward pass run before the next part is built, so the
+  step's peak activation memory is that of its largest part, not of all of them;
 - student, teacher, extra modules and iteration counter in every checkpoint; the exported model
   (checkpoint ``network_weights``, what ``nnUNetv2_predict`` loads; pseudo Dice and final
   validation) is the teacher if the objective has one and ``export_teacher``, else the student;
 - per-epoch figures (unlabeled loss, confident-voxel share, ...) in the log and progress.png;
 - multi-GPU (``-num_gpus N``): every student pass goes through the DDP-wrapped network (the
-  objectives call ``self.network(..., pass_=...)``), every trainable parameter gets a gradient
-  each step (:func:`~nnunetv2_sss.training.ddp.touch_every_parameter`), each rank draws its own
+  objectives call ``self.network(..., pass_=...)``); gradients stay local (``no_sync``) until every
+  part is done and are then averaged over the ranks once (``training/step.py``); each rank draws its own
   unlabeled batch of the per-rank batch size nnU-Net gives the labeled one (2-D slabs: the
   global length, see :meth:`unlabeled_share`), and the teacher is compared across ranks every
   ``replica_check_every`` iterations.
@@ -29,7 +31,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,15 +50,17 @@ from nnunetv2_sss.objectives.base import Objective
 from nnunetv2_sss.ssl.ema import ema_momentum, ema_update, make_teacher
 from nnunetv2_sss.ssl.views import strong_view_transforms, weak_view_transforms
 from nnunetv2_sss.training.base import nnUNetTrainerPlugin, unwrap
-from nnunetv2_sss.training.ddp import check_replicas_equal, touch_every_parameter, wrap_for_ddp
+from nnunetv2_sss.training.ddp import check_replicas_equal, wrap_for_ddp
 from nnunetv2_sss.training.options import declared_defaults
 from nnunetv2_sss.training.progress import SemiSupervisedLocalLogger
+from nnunetv2_sss.training.step import all_finite, average_gradients, local_gradients, scalars_of
 
 
 class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     objective = Objective  # the method (nnunetv2_sss/objectives); subclasses name theirs
     option_defaults = {'gradient_clip_norm': 12.0,    # nnU-Net's clipping, per trained network
-                       'replica_check_every': 50}     # iterations between teacher checksums across GPUs
+                       'replica_check_every': 50,     # iterations between teacher checksums across GPUs
+                       'split_backward': True}        # a backward pass per loss part (False: one, of the sum)
     # logger key -> legend; the objective's own figures are added
     base_figures = {'ssl_unlabeled_loss': 'unlabeled loss', 'ssl_confident_share': 'confident voxel share',
                     'ssl_unlabeled_weight': 'unlabeled loss weight'}
@@ -67,6 +71,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         self.teacher = None
         self.ssl_objective = None  # -> initialize (built with its resolved options)
         self.ssl_iteration = 0
+        self.skipped_steps = 0  # this epoch's steps without an EMA update (GradScaler skip, non-finite weights)
         self.dataloader_unlabeled = None
         self.ssl_figures = {**self.base_figures, **self.objective.figures}
         self.logger.local_logger = SemiSupervisedLocalLogger(self.ssl_figures, self.objective.count_figures)
@@ -179,8 +184,18 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         return [self.network, *self.ssl_objective.trained_modules.values()]
 
     def train_step(self, batch: dict) -> dict:
-        """One step: the objective's losses, ``L = L_l + w L_u``, backward, clipping, optimiser, EMA.
+        """One step: :meth:`compute_gradients`, then clipping, optimiser and EMA (:meth:`optimizer_step`).
         ``batch['unlabeled']``, when given, is the unlabeled batch (else the unlabeled loader's next)."""
+        outputs = self.compute_gradients(batch)
+        self.optimizer_step()
+        return outputs
+
+    def compute_gradients(self, batch: dict) -> dict:
+        """The objective's loss parts, each ``supervised + w * unlabeled``, each part's backward pass run
+        before the next part is built (the gradients sum to those of ``L = L_l + w L_u``; with
+        ``split_backward = False`` one backward of the sum), then averaged over GPUs; returns the step's
+        losses and figures. Host round-trips: one per part with an unlabeled term (its finiteness) and one
+        for the losses and figures."""
         data = batch['data'].to(self.device, non_blocking=True)
         target = batch['target']
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
@@ -191,47 +206,83 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         weight = self.unlabeled_weight()
 
         self.optimizer.zero_grad(set_to_none=True)
-        objective = self.ssl_objective
-        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
-            loss_labeled, labeled_output, labeled_figures = objective.supervised_loss(data, target)
-            loss_unlabeled, figures = objective.unlabeled_loss(unlabeled, labeled_output)
-            if not torch.isfinite(loss_unlabeled):
-                self.print_to_log_file(f"WARNING: non-finite unlabeled loss at iteration {self.ssl_iteration} "
-                                       f"(cases {unlabeled['keys']}); this batch's unlabeled loss is skipped.")
-                loss_unlabeled = torch.zeros((), device=self.device)
-            loss = loss_labeled + weight * loss_unlabeled
-            if self.is_ddp:
-                loss = loss + touch_every_parameter(self.trained_modules())
+        losses = {'loss': torch.zeros((), device=self.device), 'ssl_unlabeled_loss': torch.zeros((), device=self.device)}
+        figures, pending = {}, []
+        parts = self.ssl_objective.loss_parts(data, target, unlabeled)
+        with local_gradients(self.trained_modules(), self.is_ddp):
+            while True:
+                with self.autocast():  # the part's forward passes run when the objective builds it
+                    part = next(parts, None)
+                    if part is None:
+                        break
+                    loss = self.part_loss(part, weight, unlabeled['keys'], losses)
+                figures.update(part.figures)
+                if self.split_backward:
+                    self.backward(loss)
+                else:
+                    pending.append(loss)
+            if pending:
+                self.backward(torch.stack(pending).sum())
+        if self.is_ddp:
+            average_gradients(self.trained_modules())
+        return {**scalars_of({**losses, **figures}), 'ssl_unlabeled_weight': weight}
 
+    def part_loss(self, part, weight: float, keys, losses: dict) -> torch.Tensor:
+        """``supervised + weight * unlabeled`` of one loss part; a non-finite unlabeled term is left out
+        (with a log line). Adds the part's terms to ``losses`` (detached)."""
+        loss = part.supervised if part.supervised is not None else torch.zeros((), device=self.device)
+        if part.unlabeled is not None:
+            if torch.isfinite(part.unlabeled):
+                loss = loss + weight * part.unlabeled
+                losses['ssl_unlabeled_loss'] = losses['ssl_unlabeled_loss'] + part.unlabeled.detach().float()
+            else:
+                self.print_to_log_file(f"WARNING: non-finite unlabeled loss at iteration {self.ssl_iteration} "
+                                       f"(cases {keys}); this part of the batch's unlabeled loss is skipped.")
+        losses['loss'] = losses['loss'] + loss.detach().float()
+        return loss
+
+    def autocast(self):
+        """The step's mixed precision: nnU-Net's autocast on CUDA, none on the CPU."""
+        return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+
+    def optimizer_step(self) -> None:
+        """Clipping and the optimiser step (through the GradScaler where there is one), then the EMA
+        update unless the step was skipped (a GradScaler step with inf/NaN gradients, or non-finite
+        student weights)."""
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
             self.clip_gradients()
+            found_inf = sum(self.grad_scaler._found_inf_per_device(self.optimizer).values())
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
             self.clip_gradients()
             self.optimizer.step()
-        self.update_teacher()
-        return {'loss': loss.detach().cpu().numpy(), 'ssl_unlabeled_loss': float(loss_unlabeled.detach()),
-                'ssl_unlabeled_weight': weight, **labeled_figures, **figures}
+            found_inf = None
+        self.update_teacher(found_inf)
 
     def clip_gradients(self) -> None:
         """nnU-Net's clipping (norm 12), per trained network."""
         for module in self.trained_modules():
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.gradient_clip_norm)
 
-    def update_teacher(self) -> None:
-        """EMA step (objectives with a teacher); skipped (with a log line) if the student holds non-finite
-        weights. Counts the iteration."""
-        if self.teacher is not None:
+    def update_teacher(self, found_inf: Optional[torch.Tensor] = None) -> None:
+        """EMA step (objectives with a teacher), left out and counted (logged per epoch) when the optimiser
+        step was skipped (``found_inf``: the GradScaler's inf/NaN count) or the student holds non-finite
+        weights: one fused check, one host round-trip. Counts the iteration."""
+        if self.teacher is not None or found_inf is not None:
             student = unwrap(self.network)
-            if not all(torch.isfinite(p).all() for p in student.parameters()):
-                self.print_to_log_file(f"WARNING: non-finite student weights at iteration {self.ssl_iteration}; "
-                                       f"the teacher is not updated.")
+            ok = all_finite(student.parameters()) if self.teacher is not None else torch.ones((), dtype=torch.bool)
+            if found_inf is not None:
+                ok = ok & (found_inf.to(ok.device) == 0)
+            if bool(ok):
+                if self.teacher is not None:
+                    ema_update(self.teacher, student, ema_momentum(self.ssl_iteration, self.ssl_objective.ema_decay))
             else:
-                ema_update(self.teacher, student, ema_momentum(self.ssl_iteration, self.ssl_objective.ema_decay))
+                self.skipped_steps += 1
         self.ssl_iteration += 1
         if self.teacher is not None and self.is_ddp and self.ssl_iteration % self.replica_check_every == 0:
             check_replicas_equal(self.teacher, f"the EMA teacher (iteration {self.ssl_iteration})", self.device)
@@ -247,6 +298,11 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     def on_epoch_end(self):
         self.print_to_log_file(', '.join(f"{label}: {np.round(self.logger.get_value(key, step=-1), 4)}"
                                          for key, label in self.ssl_figures.items()))
+        if self.skipped_steps:
+            self.print_to_log_file(f"WARNING: {self.skipped_steps} of {self.num_iterations_per_epoch} steps of this "
+                                   f"epoch skipped (the GradScaler found inf/NaN gradients, or the student's weights "
+                                   f"were not finite); the EMA teacher did not advance on them")
+            self.skipped_steps = 0
         super().on_epoch_end()
 
     def on_train_epoch_start(self):
