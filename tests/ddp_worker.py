@@ -166,6 +166,9 @@ def main() -> None:
             results[name] = run(name, args.dataset, args.steps, args.checked_step)
             print(f"[rank {args.rank}] {name}: {results[name]['seconds']} s", flush=True)
     pathlib.Path(args.out).write_text(json.dumps(results, indent=1))
+    # both ranks leave their last collective before either tears the group down (a rank that destroys
+    # it while its peer is still inside one aborts with "terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -1,5 +1,5 @@
 """The parts of nnU-Net that the plugin's trainer base (``training/base.py``, ``training/options.py``,
-``training/ddp.py``, ``training/semi_supervised.py``, ``training/progress.py``) relies on beyond nnU-Net's documented seams. The plugin pins the
+``training/ddp.py``, ``training/semi_supervised.py``, ``training/progress.py``, ``training/precision.py``, ``training/compilation.py``) relies on beyond nnU-Net's documented seams. The plugin pins the
 nnunetv2 versions it was checked against in setup.cfg; after an upgrade, a failure here names
 the internal that changed and the plugin code that depends on it."""
 import inspect
@@ -27,7 +27,13 @@ METHODS = [
     ("on_train_epoch_end", ["self", "train_outputs"], "semi_supervised.on_train_epoch_end (figures)"),
     ("configure_rotation_dummyDA_mirroring_and_inital_patch_size", ["self"],
      "semi_supervised.get_unlabeled_dataloader (weak view like the labeled one)"),
-    ("perform_actual_validation", ["self", "save_probabilities"], "semi_supervised (validates the teacher)"),
+    ("perform_actual_validation", ["self", "save_probabilities"],
+     "semi_supervised (validates the teacher); base (its predictor's autocast dtype, training/precision.py)"),
+    ("train_step", ["self", "batch"], "base.train_step (autocast dtype, training/precision.py)"),
+    ("validation_step", ["self", "batch"], "base.validation_step (autocast dtype, training/precision.py)"),
+    ("_do_i_compile", ["self"], "training/compilation.py (nnU-Net's decision to compile, kept; tests/test_compile.py "
+                                "forces it in a subclass)"),
+    ("on_train_start", ["self"], "base.on_train_start (compiles the networks' parts, training/compilation.py)"),
 ]
 INSTANCE_ATTRIBUTES = ["is_ddp", "local_rank", "device", "grad_scaler", "save_every", "disable_checkpointing",
                        "my_init_kwargs", "_best_ema", "current_epoch", "num_epochs", "num_iterations_per_epoch",
@@ -67,6 +73,22 @@ def test_ddp_wrap_is_a_module_global():
         "nnU-Net's initialize wraps the network differently now (training/ddp.py, CPS's wrap_for_ddp)"
 
 
+def test_network_compile_is_a_call_of_the_module_global_torch():
+    """training/compilation.deferring_nnunet_compile swaps the module's ``torch`` while nnU-Net's initialize
+    runs: ``torch.compile(self.network)`` (before the optimiser and the DDP wrap) is deferred to
+    base.on_train_start, part by part; ``_build_loss``'s ``torch.compile(loss.dc)`` gets ``compile_backend``."""
+    import torch
+    assert getattr(trainer_module, "torch", None) is torch, \
+        "nnunetv2.training.nnUNetTrainer.nnUNetTrainer no longer imports torch at module level (compilation.py)"
+    source = inspect.getsource(nnUNetTrainer.initialize)
+    assert "if self._do_i_compile():" in source and "self.network = torch.compile(self.network)" in source, \
+        "nnU-Net's initialize compiles the network differently now (training/compilation.py)"
+    assert source.index("torch.compile(self.network)") < source.index("self.configure_optimizers()"), \
+        "nnU-Net now compiles the network after making the optimiser (training/compilation.py)"
+    assert "loss.dc = torch.compile(loss.dc)" in inspect.getsource(nnUNetTrainer._build_loss), \
+        "nnU-Net's _build_loss compiles its loss differently now (training/compilation.py, compile_backend)"
+
+
 def torch_ddp():
     from torch.nn.parallel import DistributedDataParallel
     return DistributedDataParallel
@@ -86,3 +108,51 @@ def test_logger_internals():
     assert "self.local_logger = LocalLogger(" in inspect.getsource(MetaLogger.__init__), \
         "nnU-Net's MetaLogger no longer holds a LocalLogger as local_logger (semi_supervised.py replaces it)"
     assert "self.local_logger.plot_progress_png(" in inspect.getsource(MetaLogger.plot_progress_png)
+
+
+# ---- mixed precision (training/precision.py) -----------------------------------------------------------
+def test_nnunet_autocasts_with_the_threads_default_dtype():
+    """base.train_step / validation_step / perform_actual_validation set the thread's default CUDA autocast
+    dtype around nnU-Net's own code, which must autocast without naming a dtype; nnU-Net's train_step must
+    step without a GradScaler when ``grad_scaler`` is None (bf16)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    for method in (nnUNetTrainer.train_step, nnUNetTrainer.validation_step):
+        assert "autocast(self.device.type, enabled=True)" in inspect.getsource(method), \
+            f"nnU-Net's {method.__name__} autocasts differently now (training/precision.py sets the default dtype)"
+    assert "if self.grad_scaler is not None:" in inspect.getsource(nnUNetTrainer.train_step)
+    assert "torch.autocast(self.device.type, enabled=True)" in \
+        inspect.getsource(nnUNetPredictor.predict_sliding_window_return_logits), \
+        "nnU-Net's predictor autocasts differently now (training/precision.py, NetworkPasses.forward)"
+    assert "nnUNetPredictor(" in inspect.getsource(nnUNetTrainer.perform_actual_validation)
+    assert "trainer_class.build_network_architecture(" in \
+        inspect.getsource(nnUNetPredictor.initialize_from_trained_model_folder), \
+        "nnUNetv2_predict no longer builds the network through the trainer class (the network's precision)"
+
+
+def test_torch_autocast_internals():
+    """torch: ``autocast`` without a dtype takes ``get_autocast_dtype`` (thread-local state that
+    ``set_autocast_dtype`` sets); ``is_autocast_enabled(device)``; the GradScaler's per-device inf count that
+    semi_supervised.optimizer_step reads after ``unscale_``."""
+    import threading
+    import torch
+    previous = torch.get_autocast_dtype('cpu')
+    torch.set_autocast_dtype('cpu', torch.float16)
+    try:
+        assert torch.autocast('cpu', enabled=True).fast_dtype == torch.float16
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_autocast_dtype('cpu')))
+        thread.start()
+        thread.join()
+        assert seen == [previous], "the default autocast dtype is no longer thread-local (training/precision.py)"
+    finally:
+        torch.set_autocast_dtype('cpu', previous)
+    assert callable(torch.is_autocast_enabled) and callable(torch.cuda.is_bf16_supported)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler('cpu')
+    scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+    model.weight.grad[0, 0] = float('inf')
+    scaler.unscale_(optimizer)
+    found = scaler._found_inf_per_device(optimizer)
+    assert isinstance(found, dict) and float(sum(found.values())) == 1.0, \
+        "GradScaler._found_inf_per_device changed (semi_supervised.optimizer_step)"

@@ -12,6 +12,9 @@ The trainer is built as ``nnUNetv2_train`` builds it (``get_trainer_from_args``,
   part (a backward pass per loss part, the trainers' default) and with one backward pass of the summed
   parts (``split_backward = False``); the trainer's random generators are put back afterwards, so the
   recorded steps are unchanged;
+- ``host_syncs``: per step, the device-to-host round-trips the step would make on a GPU
+  (``nnunetv2_sss.training.host_syncs.HostSyncCounter``: host reads of tensor values), data loading
+  left out (the batches are drawn before the step, as nnU-Net's loader workers do on a GPU);
 - ``weights``: after the last step, count, sum and sum of squares (float64) of the parameters of every
   model the trainer holds (``plugin_trainers.trainer_models``: the student, the EMA ``teacher`` and the
   objective's extra modules, e.g. CPS's ``network_b``), and sum and sum of squares of their change since
@@ -165,7 +168,8 @@ def run_trainer(dataset: str, trainer_name: str, steps: int = DEFAULT_STEPS, con
     from nnunetv2.run.run_training import get_trainer_from_args
 
     trainer = get_trainer_from_args(str(dataset), configuration, fold, trainer_name, device=torch.device("cpu"))
-    record = {"losses": [], "unlabeled_losses": [], "figures": []}
+    from nnunetv2_sss.training.host_syncs import HostSyncCounter
+    record = {"losses": [], "unlabeled_losses": [], "figures": [], "host_syncs": []}
     try:
         trainer.on_train_start()
         trainer.on_epoch_start()
@@ -174,10 +178,13 @@ def run_trainer(dataset: str, trainer_name: str, steps: int = DEFAULT_STEPS, con
         initial = {name: parameter_snapshot(model) for name, model in models.items()}
         for step in range(steps):
             batch = next(trainer.dataloader_train)
-            if step == 0 and hasattr(trainer, "compute_gradients"):
+            if hasattr(trainer, "compute_gradients"):
                 batch["unlabeled"] = next(trainer.dataloader_unlabeled)  # the draw train_step would make
+            if step == 0 and hasattr(trainer, "compute_gradients"):
                 record["split_gradient_difference"] = split_gradient_difference(trainer, batch)
-            outputs = trainer.train_step(batch)
+            with HostSyncCounter() as syncs:
+                outputs = trainer.train_step(batch)
+            record["host_syncs"].append(syncs.count)
             record["losses"].append(_scalar(outputs["loss"]))
             if "ssl_unlabeled_loss" in outputs:
                 record["unlabeled_losses"].append(_scalar(outputs["ssl_unlabeled_loss"]))

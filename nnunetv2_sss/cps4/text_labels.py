@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from skimage.filters import threshold_otsu
 
+from nnunetv2_sss.transfer import to_device
+
 
 def otsu_thresholds(maps: torch.Tensor) -> torch.Tensor:
     """Otsu threshold of every 2-D map: ``[B, K, H, W]`` -> ``[B, K]`` (same device, float32)."""
     flat = maps.detach().float().cpu().numpy().reshape(-1, *maps.shape[-2:])
     thresholds = np.array([threshold_otsu(m) for m in flat], dtype=np.float32)
-    return torch.from_numpy(thresholds).view(maps.shape[:2]).to(maps.device)
+    return to_device(torch.from_numpy(thresholds).view(maps.shape[:2]), maps.device)
 
 
 def attention_to_label_map(attention: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:

@@ -30,6 +30,8 @@ from typing import List, Sequence
 import torch
 from torch import nn
 
+from nnunetv2_sss.training.precision import network_autocast
+
 
 def unwrap(module: nn.Module) -> nn.Module:
     """The module behind DDP and ``torch.compile`` wrappers (a :class:`NetworkPasses` stays)."""
@@ -42,6 +44,11 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 
 class NetworkPasses(nn.Module):
+    # the network's own autocast dtype on CUDA ('fp16' / 'bf16', the recipe's option, set by the trainer's
+    # build_network_architecture): re-entered when a caller autocasts on CUDA with another dtype (nnU-Net's
+    # predictor: fp16); None: the caller's (training/precision.py)
+    mixed_precision = None
+
     def __init__(self, network: nn.Module):
         super().__init__()
         self.network = network
@@ -53,12 +60,11 @@ class NetworkPasses(nn.Module):
             return getattr(super().__getattr__('network'), name)
 
     def forward(self, *args, pass_: str = 'predict'):
-        if pass_ == 'predict':
-            return self.network(*args)
-        method = getattr(self, f'_{pass_}', None)
+        method = self.network if pass_ == 'predict' else getattr(self, f'_{pass_}', None)
         if method is None:
             raise ValueError(f"unknown network pass {pass_!r}")
-        return method(*args)
+        with network_autocast(self.mixed_precision):
+            return method(*args)
 
     # ---- the passes -------------------------------------------------------------------------
     def _encode(self, x: torch.Tensor) -> List[torch.Tensor]:

@@ -34,7 +34,9 @@ class PlainRecipe:
     """nnU-Net's network and optimiser, unchanged."""
     # option -> default (training/options.py); nnU-Net's own options (initial_lr, ...) may be given a
     # default of the recipe too, they stay the trainer's attributes
-    defaults: Dict[str, Any] = {}
+    # mixed_precision: the autocast dtype on CUDA, 'fp16' (nnU-Net's, with its GradScaler) or 'bf16' (no
+    # GradScaler; fp16 + GradScaler on a GPU without native bf16), training/precision.py
+    defaults: Dict[str, Any] = {'mixed_precision': 'fp16'}
 
     def __init__(self, **options):
         from nnunetv2_sss.training.options import NNUNET_OPTIONS, declared_defaults
@@ -83,17 +85,29 @@ class SAM2Recipe(PlainRecipe):
     - ``freeze_encoder``: the image encoder gets no gradients and is not in the optimiser.
     - Deep supervision: one output per decoder level at strides 1, 2, 4, 8, 16 in-plane.
     - ``sam2_input_size``: slices resampled to this side length before Hiera (SAM-2: 1024).
+    - ``mixed_precision = 'bf16'``: SAM-2 is trained and published in bfloat16; on CUDA the trainer and the
+      network autocast to it where the GPU has it (no GradScaler), else to nnU-Net's fp16 + GradScaler.
+    - ``activation_checkpointing``: recompute the Hiera blocks' activations in the backward pass (training
+      only; ``networks/activation_checkpointing.py``): less memory, one more forward of the blocks.
     """
     defaults = {'initial_lr': 1e-4, 'weight_decay': 1e-2, 'sam2_input_size': None, 'freeze_encoder': False,
-                'encoder_lr_factor': 0.1, 'warmup_fraction': 0.05}
+                'encoder_lr_factor': 0.1, 'warmup_fraction': 0.05, 'activation_checkpointing': False,
+                'mixed_precision': 'bf16'}  # SAM-2's own precision (training/precision.py)
 
     def build(self, plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
               enable_deep_supervision: bool) -> nn.Module:
         from nnunetv2_sss.networks.sam2_config import SAM2NetworkSpec
         from nnunetv2_sss.networks.sam2_unet import build_sam2_unet
         spec = SAM2NetworkSpec.from_configuration(configuration_manager.configuration)
-        return NetworkPasses(build_sam2_unet(spec, configuration_manager, num_input_channels, num_output_channels,
-                                             enable_deep_supervision))
+        return NetworkPasses(self.checkpointed(build_sam2_unet(spec, configuration_manager, num_input_channels,
+                                                               num_output_channels, enable_deep_supervision)))
+
+    def checkpointed(self, network: nn.Module) -> nn.Module:
+        """``network`` with its Hiera blocks checkpointed if ``activation_checkpointing``."""
+        if self.activation_checkpointing:
+            from nnunetv2_sss.networks.activation_checkpointing import set_activation_checkpointing
+            set_activation_checkpointing(network)
+        return network
 
     def prepare(self, trainer) -> None:
         trainer.sam2_spec = None  # -> before_initialize (settings) or before_load_checkpoint
@@ -180,8 +194,16 @@ WEIGHTS_RECORD = "sam2_weights.json"
 
 
 class SSSRecipe(SAM2Recipe):
-    """SAM-2 U-Net + DFE (``use_dfe``) + SAM-2's prompt head (``use_pcsw``)."""
-    defaults = {'use_dfe': True, 'use_pcsw': True}
+    """SAM-2 U-Net + DFE (``use_dfe``) + SAM-2's prompt head (``use_pcsw``). ``dfe_checkpointing``: DFE's
+    two-view pass recomputed in the backward pass (training only; it keeps the two views' features instead
+    of about six times as much, ``networks/activation_checkpointing.py``)."""
+    defaults = {'use_dfe': True, 'use_pcsw': True, 'dfe_checkpointing': True}
+
+    def checkpointed(self, network: nn.Module) -> nn.Module:
+        if self.dfe_checkpointing:
+            from nnunetv2_sss.networks.activation_checkpointing import set_dfe_checkpointing
+            set_dfe_checkpointing(network)
+        return super().checkpointed(network)
 
     def build(self, plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
               enable_deep_supervision: bool) -> nn.Module:
@@ -190,7 +212,7 @@ class SSSRecipe(SAM2Recipe):
         from nnunetv2_sss.networks.sss_network import SSSNetwork, prompt_slice_size
         spec = SAM2NetworkSpec.from_configuration(configuration_manager.configuration)
         conv_dim, slice_axis = configuration_layout(configuration_manager)
-        return NetworkPasses(SSSNetwork(
+        return NetworkPasses(self.checkpointed(SSSNetwork(
             spec.image_encoder, num_input_channels, num_output_channels, conv_dim, slice_axis,
             spec.encoder_input_size, enable_deep_supervision, self.use_dfe,
-            prompt_slice_size(configuration_manager) if self.use_pcsw else None))
+            prompt_slice_size(configuration_manager) if self.use_pcsw else None)))

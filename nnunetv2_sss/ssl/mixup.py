@@ -8,6 +8,8 @@ from typing import Tuple
 import numpy as np
 import torch
 
+from nnunetv2_sss.transfer import to_device
+
 
 def sample_mixup_factors(rng: np.random.Generator, alpha: float, num_pairs: int) -> np.ndarray:
     """``num_pairs`` independent ``lambda ~ Beta(alpha, alpha)`` (SSL4MIS: ``np.random.beta(ict_alpha,
@@ -34,10 +36,10 @@ def mix_pairs(x0: torch.Tensor, x1: torch.Tensor, mix_factors) -> torch.Tensor:
     """
     if x0.shape != x1.shape:
         raise ValueError(f"the two halves differ in shape: {tuple(x0.shape)} vs {tuple(x1.shape)}")
-    factors = torch.as_tensor(np.asarray(mix_factors), dtype=torch.float32, device=x0.device)
+    factors = np.asarray(mix_factors, dtype=np.float32)  # checked on the host, then copied once
     if factors.shape != (x0.shape[0],):
         raise ValueError(f"one mix factor per pair expected ({x0.shape[0]}), got shape {tuple(factors.shape)}")
-    if bool(((factors < 0) | (factors > 1)).any()):
+    if ((factors < 0) | (factors > 1)).any():
         raise ValueError(f"mix factors must lie in [0, 1], got {factors.tolist()}")
-    factors = factors.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    factors = to_device(torch.from_numpy(factors), x0.device).view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
     return x0 * (1.0 - factors) + x1 * factors

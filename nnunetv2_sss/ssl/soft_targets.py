@@ -29,7 +29,7 @@ def enhanced_soft_target(teacher_probabilities: torch.Tensor, text_labels: torch
     if text_labels.shape != teacher_probabilities.shape[:1] + teacher_probabilities.shape[2:]:
         raise ValueError(f"text labels {tuple(text_labels.shape)} do not match teacher probabilities "
                          f"{tuple(teacher_probabilities.shape)} (expected [B, ...] for [B, K, ...])")
-    if text_labels.numel() and (text_labels.min() < 0 or text_labels.max() >= num_classes):
+    if ((text_labels < 0) | (text_labels >= num_classes)).any():  # one host round-trip
         raise ValueError(f"text labels must lie in 0..{num_classes - 1}, got "
                          f"{int(text_labels.min())}..{int(text_labels.max())}")
     one_hot = F.one_hot(text_labels.long(), num_classes).movedim(-1, 1).to(teacher_probabilities.dtype)

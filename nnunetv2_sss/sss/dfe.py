@@ -20,11 +20,13 @@ shared MLP and ``S`` once.
 Choices where the papers are silent: ``MLP_i`` is 1x1 conv → GELU → 1x1 conv with
 ``round(mlp_hidden_ratio · C_i)`` hidden channels (default ratio 1); every layer keeps
 PyTorch's default initialisation; gradients flow through ``S`` as well (nothing detached);
-``S`` is computed in at least float32; two all-zero pooled vectors give ``S = 0`` (torch's
-``cosine_similarity`` clamps the norms).
+``S``, ``w``, ``1 - w`` and ``1 - S`` are computed in at least float32, also under autocast
+(``similarity_factors``), and cast to the features' dtype only where they multiply them; two
+all-zero pooled vectors give ``S = 0`` (torch's ``cosine_similarity`` clamps the norms).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -38,16 +40,40 @@ def _conv1x1(dim: int, in_channels: int, out_channels: int) -> nn.Module:
     return nn.Conv3d(in_channels, out_channels, kernel_size=1)
 
 
+def _pooled(f_a: torch.Tensor, f_b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """GAP of both views, (B, C) in at least float32 (half-precision features under autocast are
+    pooled in float32)."""
+    dtype = torch.promote_types(f_a.dtype, torch.float32)
+    return f_a.to(dtype).flatten(2).mean(dim=2), f_b.to(dtype).flatten(2).mean(dim=2)
+
+
+def _no_autocast(tensor: torch.Tensor):
+    """Autocast off for the block on ``tensor``'s device (where it is on)."""
+    device_type = tensor.device.type
+    return torch.autocast(device_type, enabled=False) if torch.is_autocast_enabled(device_type) else nullcontext()
+
+
 def view_similarity(f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
     """``S`` = cosine similarity of the globally average-pooled features, shape (B,), computed
-    in at least float32 (half-precision features under autocast are pooled in float32).
+    in at least float32, also under autocast (autocast is off for the pooling and the cosine).
 
     f_a, f_b: (B, C, *spatial) of one scale.
     """
-    dtype = torch.promote_types(f_a.dtype, torch.float32)
-    v_a = f_a.to(dtype).flatten(2).mean(dim=2)
-    v_b = f_b.to(dtype).flatten(2).mean(dim=2)
-    return F.cosine_similarity(v_a, v_b, dim=1)
+    with _no_autocast(f_a):
+        return F.cosine_similarity(*_pooled(f_a, f_b), dim=1)
+
+
+def similarity_factors(f_a: torch.Tensor, f_b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(w, 1 - S)``, each (B,) in at least float32, also under autocast. ``1 - S`` is taken without
+    cancellation where ``S > 1/2``: half the squared distance of the unit pooled vectors, equal to
+    ``1 - S`` for non-zero vectors, so near ``S = 1`` it keeps float32's relative precision (``1 - S``
+    from a float32 ``S`` would be a multiple of 2^-24; from a float16 ``S``, 0 or a multiple of 2^-11,
+    about 5e-4; bfloat16: 2^-8), e.g. 1e-5 for two strong views of one patch. Elsewhere ``1 - S``."""
+    with _no_autocast(f_a):
+        v_a, v_b = _pooled(f_a, f_b)
+        s = F.cosine_similarity(v_a, v_b, dim=1)
+        half_distance = 0.5 * (F.normalize(v_a, dim=1) - F.normalize(v_b, dim=1)).square().sum(dim=1)
+        return torch.sigmoid(s), torch.where(s > 0.5, half_distance, 1 - s)
 
 
 class ScaleDFE(nn.Module):
@@ -60,28 +86,33 @@ class ScaleDFE(nn.Module):
         self.project = _conv1x1(dim, 2 * channels, channels)
 
     def _shared(self, f_a: torch.Tensor, f_b: torch.Tensor):
-        """MLP of both views (one call: the MLP is shared and position-wise), ``S`` and ``w``
+        """MLP of both views (one call: the MLP is shared and position-wise), ``w``, ``1 - w`` and
+        ``1 - S`` computed in float32 (``similarity_factors``), then each cast to the dtype of the
+        features it multiplies (``w`` to the MLP's, ``1 - S`` to ``F_b - F_a``'s: under autocast the
+        half-precision features stay so, and the decoder gets what it would get without DFE) and
         shaped to broadcast over (B, C, *spatial)."""
         mlp_a, mlp_b = self.mlp(torch.cat([f_a, f_b])).chunk(2)
-        s = view_similarity(f_a, f_b).to(f_a.dtype).view(-1, *([1] * (f_a.dim() - 1)))
-        return mlp_a, mlp_b, s, torch.sigmoid(s)
+        w, one_minus_s = similarity_factors(f_a, f_b)
+        shape = (-1, *([1] * (f_a.dim() - 1)))
+        return (mlp_a, mlp_b, w.to(mlp_a.dtype).view(shape), (1 - w).to(mlp_a.dtype).view(shape),
+                one_minus_s.to(torch.promote_types(f_a.dtype, f_b.dtype)).view(shape))
 
     def adjusted(self, f_a: torch.Tensor, f_b: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``F_adj`` (B, C, *spatial); ``f_b`` None (or the same tensor as ``f_a``) is ``DFE(F, F)``."""
         if f_b is None or f_b is f_a:
             return self.mlp(f_a)
-        mlp_a, mlp_b, s, w = self._shared(f_a, f_b)
-        return w * mlp_a + (1 - w) * mlp_b + (1 - s) * (f_b - f_a)
+        mlp_a, mlp_b, w, one_minus_w, one_minus_s = self._shared(f_a, f_b)
+        return w * mlp_a + one_minus_w * mlp_b + one_minus_s * (f_b - f_a)
 
     def forward(self, f_a: torch.Tensor, f_b: Optional[torch.Tensor] = None) -> torch.Tensor:
         return self.project(torch.cat([f_a, self.adjusted(f_a, f_b)], dim=1))
 
     def pair(self, f_a: torch.Tensor, f_b: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(DFE(F_a, F_b), DFE(F_b, F_a))`` with the MLP and ``S`` computed once (``S`` is symmetric)."""
-        mlp_a, mlp_b, s, w = self._shared(f_a, f_b)
-        delta = (1 - s) * (f_b - f_a)
-        adjusted_a = w * mlp_a + (1 - w) * mlp_b + delta
-        adjusted_b = w * mlp_b + (1 - w) * mlp_a - delta
+        mlp_a, mlp_b, w, one_minus_w, one_minus_s = self._shared(f_a, f_b)
+        delta = one_minus_s * (f_b - f_a)
+        adjusted_a = w * mlp_a + one_minus_w * mlp_b + delta
+        adjusted_b = w * mlp_b + one_minus_w * mlp_a - delta
         return (self.project(torch.cat([f_a, adjusted_a], dim=1)),
                 self.project(torch.cat([f_b, adjusted_b], dim=1)))
 

@@ -40,7 +40,9 @@ from nnunetv2_sss.errors import UserError, UserValueError, trainer_exit
 from nnunetv2_sss.networks.passes import unwrap
 from nnunetv2_sss.networks.recipes import PlainRecipe
 from nnunetv2_sss.training import options as trainer_options
+from nnunetv2_sss.training import precision as trainer_precision
 from nnunetv2_sss.training.checkpoint_io import capture_rng_state, restore_rng_state, save_atomically
+from nnunetv2_sss.training.compilation import compile_network_parts, deferring_nnunet_compile
 from nnunetv2_sss.training.ddp import cpu_ddp_wrapping, rank_seed
 from nnunetv2_sss.settings import seed as seed_setting
 from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer, \
@@ -110,7 +112,8 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
     recipe = PlainRecipe  # the network (networks/recipes.py)
     # options of the plugin's trainers and their defaults (training/options.py); save_every: nnU-Net's
     # attribute, the plugin's cadence (see on_epoch_end)
-    option_defaults = {'save_every': 1}
+    # compile_backend: torch.compile's backend where nnU-Net compiles (None: torch's default; training/compilation.py)
+    option_defaults = {'save_every': 1, 'compile_backend': None}
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -125,6 +128,7 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         self._nnunet_defaults = {name: getattr(self, name) for name in trainer_options.NNUNET_OPTIONS}
         self.options = None  # -> resolve_options (initialize)
         self.network_recipe = self.recipe(**self.recipe_options())
+        trainer_precision.configure(self)  # self.precision: the recipe's mixed_precision on this device (precision.py)
         self._rng_state_to_restore = None  # from load_checkpoint, put back when the next epoch starts
         self.sss_seed = seed_setting()  # nnUNet_sss_seed (None: unseeded); applied by seed_everything
         self.network_recipe.prepare(self)
@@ -192,8 +196,11 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True):
-        return cls.recipe(**cls.recipe_options()).build(plans_manager, configuration_manager, num_input_channels,
-                                                        num_output_channels, enable_deep_supervision)
+        recipe = cls.recipe(**cls.recipe_options())
+        network = recipe.build(plans_manager, configuration_manager, num_input_channels, num_output_channels,
+                               enable_deep_supervision)
+        network.mixed_precision = recipe.mixed_precision  # its autocast dtype, in nnUNetv2_predict too (precision.py)
+        return network
 
     def _get_deep_supervision_scales(self):
         scales = self.network_recipe.deep_supervision_scales(self) if self.enable_deep_supervision else None
@@ -215,14 +222,35 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         self.resolve_options()
         self.seed_everything()
         self.network_recipe.before_initialize(self)
-        with cpu_ddp_wrapping(self.is_ddp and self.device.type != 'cuda'):
+        # nnU-Net's torch.compile(self.network) is deferred to on_train_start, part by part (compilation.py)
+        with cpu_ddp_wrapping(self.is_ddp and self.device.type != 'cuda'), deferring_nnunet_compile(self):
             super().initialize()
         self.network_recipe.after_initialize(self)
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        compile_network_parts(self)  # if nnU-Net compiles: the networks' parts, in place (compilation.py)
+        super().on_train_start()
 
     def on_train_epoch_start(self):
         if self.sss_seed is not None:  # workers of augmenters that have not started yet (first epoch)
             seed_augmenter_workers(self, rank_seed(self.sss_seed, self.local_rank), self.current_epoch)
         super().on_train_epoch_start()
+
+    # ---- mixed precision (training/precision.py): nnU-Net's autocast(device, enabled=True) takes the
+    # thread's default dtype, set to the trainer's for nnU-Net's steps and its validation's predictor ----
+    def train_step(self, batch: dict) -> dict:
+        with self.precision.default_dtype():
+            return super().train_step(batch)
+
+    def validation_step(self, batch: dict) -> dict:
+        with self.precision.default_dtype():
+            return super().validation_step(batch)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        with self.precision.default_dtype():
+            return super().perform_actual_validation(save_probabilities)
 
     # ---- hooks for subclasses -------------------------------------------------------------
     def exported_network_weights(self) -> dict:

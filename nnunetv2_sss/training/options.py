@@ -87,6 +87,15 @@ def class_overrides(trainer_class: type, names: Iterable[str], stop: type) -> Di
     return found
 
 
+def class_option(trainer_class: type, name: str):
+    """An option of the trainer bases' ``option_defaults`` as the class alone gives it: its class attribute
+    (the most derived), else its declared default (``KeyError`` if the class has no such option)."""
+    for klass in trainer_class.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return declared_defaults(trainer_class, 'option_defaults')[name][0]
+
+
 def unknown_class_attributes(trainer_class: type, names: Iterable[str]) -> List[str]:
     """Plain (non-callable, non-underscore) class attributes of the trainer classes below the first
     base that declares ``option_defaults`` which are no option of the trainer: most likely misspelt."""

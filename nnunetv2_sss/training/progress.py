@@ -34,18 +34,20 @@ class SemiSupervisedLocalLogger(LocalLogger):
             self.my_fantastic_logging.setdefault(key, [float("nan")] * num_epochs)
 
     def plot_progress_png(self, output_folder: str):
-        """nnU-Net's progress.png, then the same file with the semi-supervised panel appended."""
+        """nnU-Net's progress.png, then the same file with the semi-supervised panel appended below it. The panel
+        is drawn as a figure of its own (the width of nnU-Net's image, a third of its height) and the two are
+        joined as 8-bit pixels: reading nnU-Net's 3000 x 5400 image back into a figure and drawing it again
+        (what this did before) took 1.3 GB of host memory and about 8 s, every epoch."""
+        from PIL import Image
         super().plot_progress_png(output_folder)
         epoch = min(len(v) for v in self.my_fantastic_logging.values()) - 1
         path = join(output_folder, "progress.png")
-        nnunet_panels = plt.imread(path)
-        height, width = nnunet_panels.shape[:2]
+        with Image.open(path) as image:
+            nnunet_panels = image.convert("RGBA")
+        width, height = nnunet_panels.size
         dpi = 100
-        fig = plt.figure(figsize=(width / dpi, height * 4 / 3 / dpi), dpi=dpi)
-        top = fig.add_axes((0, 0.25, 1, 0.75))
-        top.imshow(nnunet_panels)
-        top.axis("off")
-        ax = fig.add_axes((0.08, 0.03, 0.84, 0.16))
+        fig = plt.figure(figsize=(width / dpi, height / 3 / dpi), dpi=dpi)
+        ax = fig.add_axes((0.08, 0.12, 0.84, 0.64))
         counts = ax.twinx() if self.count_figures else None
         x_values = list(range(epoch + 1))
         colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3)
@@ -62,6 +64,10 @@ class SemiSupervisedLocalLogger(LocalLogger):
             counts.tick_params(labelsize=24)
         ax.legend(handles=lines, loc="lower left", bbox_to_anchor=(0, 1), ncol=min(3, len(self.figures)),
                   fontsize=24)
-        fig.savefig(path, dpi=dpi)
+        fig.canvas.draw()
+        panel = Image.frombuffer("RGBA", fig.canvas.get_width_height(), fig.canvas.buffer_rgba(), "raw", "RGBA", 0, 1)
+        combined = Image.new("RGBA", (width, height + panel.height), "white")
+        combined.paste(nnunet_panels, (0, 0))
+        combined.paste(panel, (0, height))
         plt.close(fig)
-
+        combined.save(path)

@@ -37,11 +37,9 @@ import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from torch import autocast
 
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2_sss.data.splits import hidden_label_cases
 from nnunetv2_sss.data.unlabeled_loader import UnlabeledDataLoader, UnlabeledImages
 from nnunetv2_sss.data.unlabeled_preprocessing import done_cases, unlabeled_folder
@@ -242,8 +240,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         return loss
 
     def autocast(self):
-        """The step's mixed precision: nnU-Net's autocast on CUDA, none on the CPU."""
-        return autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context()
+        """The step's mixed precision (``training/precision.py``): the recipe's ``mixed_precision`` on CUDA
+        (SAM-2: bf16 where the GPU has it, no GradScaler; else nnU-Net's fp16), none on the CPU."""
+        return self.precision.autocast()
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
