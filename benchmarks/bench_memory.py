@@ -38,8 +38,8 @@ TARGETS = {"plain": 1.3, "sss": 2.1, "sss_checkpointed": 1.5, "cps": 1.3}
 
 
 def all_trainers() -> list:
-    from plugin_trainers import plugin_trainer_names
-    names = plugin_trainer_names()
+    from plugin_trainers import stepped_trainer_names
+    names = stepped_trainer_names()
     order = [SUPERVISED, "nnUNetTrainerPlugin", SUPERVISED_SAM2]
     return order + [n for n in names if n not in order]
 

@@ -24,7 +24,7 @@ from nnunetv2_sss.networks.passes import NetworkPasses, unwrap
 from nnunetv2_sss.ssl.ema import make_teacher
 from nnunetv2_sss.training.compilation import (CompiledCall, compile_in_place, deferring_nnunet_compile, is_compiled,
                                                network_parts, strip_compiled)
-from plugin_trainers import plugin_trainer_names
+from plugin_trainers import stepped_trainer_names
 from tiny_sam2 import write_tiny_config
 from trainer_harness import _finish_loaders, harness_environment, prepare_cps4_stage1
 
@@ -278,7 +278,7 @@ def compiled_run(name: str, dataset, tmp_path) -> dict:
     return record
 
 
-@pytest.mark.parametrize("name", plugin_trainer_names())
+@pytest.mark.parametrize("name", stepped_trainer_names())
 def test_each_part_compiles_once_per_input_shape(name, nnunet_dataset, tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="torch._dynamo")
     record = compiled_run(name, nnunet_dataset, tmp_path)

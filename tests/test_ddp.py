@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from plugin_trainers import plugin_trainer_names
+from plugin_trainers import stepped_trainer_names
 from tiny_sam2 import write_tiny_config
 
-TRAINERS = plugin_trainer_names()
+TRAINERS = stepped_trainer_names()
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_worker.py")
 
 

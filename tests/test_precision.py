@@ -26,7 +26,7 @@ from nnunetv2_sss.training.base import nnUNetTrainerPlugin
 from nnunetv2_sss.training.options import declared_defaults
 from nnunetv2_sss.training.trainers import (nnUNetTrainerMeanTeacher, nnUNetTrainerSAM2, nnUNetTrainerSSS,
                                             nnUNetTrainerSSS_noDFE, nnUNetTrainerUniMatchV2)
-from plugin_trainers import plugin_trainer_names
+from plugin_trainers import stepped_trainer_names
 from tiny_sam2 import write_tiny_config
 from trainer_harness import _finish_loaders, prepare_cps4_stage1
 
@@ -300,7 +300,7 @@ def _first_tensor(value):
     return None
 
 
-@pytest.mark.parametrize("name", plugin_trainer_names())
+@pytest.mark.parametrize("name", stepped_trainer_names())
 def test_one_bf16_step_of_every_plugin_trainer(nnunet_dataset, monkeypatch, tmp_path, name):
     """One training step under CPU bf16 autocast with finite losses and weights: the semi-supervised trainers
     through their own ``autocast()`` (the trainer's precision set to CPU bf16), the supervised ones (nnU-Net's

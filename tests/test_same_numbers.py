@@ -48,7 +48,7 @@ from typing import List
 
 import pytest
 
-from plugin_trainers import plugin_trainer_names
+from plugin_trainers import stepped_trainer_names
 
 TESTS = pathlib.Path(__file__).resolve().parent
 REFERENCE = TESTS / "data" / "reference_losses.json"
@@ -169,7 +169,7 @@ def test_compare_accepts_rounding_and_names_trainer_step_and_values():
 
 def test_reference_covers_every_trainer_of_the_plugin():
     reference = load_reference()
-    assert sorted(reference["trainers"]) == plugin_trainer_names()
+    assert sorted(reference["trainers"]) == stepped_trainer_names()
     assert reference["header"]["steps"] == 3
     for name, record in reference["trainers"].items():
         assert len(record["losses"]) == 3 and all(math.isfinite(v) for v in record["losses"]), name

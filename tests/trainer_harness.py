@@ -51,7 +51,7 @@ import time
 from typing import Dict, List, Optional
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from plugin_trainers import plugin_trainer_names, trainer_models  # noqa: E402
+from plugin_trainers import stepped_trainer_names, trainer_models  # noqa: E402
 
 DEFAULT_SEED = 0
 DEFAULT_STEPS = 3
@@ -162,12 +162,12 @@ def split_gradient_difference(trainer, batch: dict) -> float:
 
 
 def run_trainer(dataset: str, trainer_name: str, steps: int = DEFAULT_STEPS, configuration: str = "2d",
-                fold: int = 0) -> dict:
-    """``steps`` training iterations of ``trainer_name`` on the CPU; its losses, figures and weights."""
+                fold: int = 0, device: str = "cpu") -> dict:
+    """``steps`` training iterations of ``trainer_name`` on ``device``; its losses, figures and weights."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    trainer = get_trainer_from_args(str(dataset), configuration, fold, trainer_name, device=torch.device("cpu"))
+    trainer = get_trainer_from_args(str(dataset), configuration, fold, trainer_name, device=torch.device(device))
     from nnunetv2_sss.training.host_syncs import HostSyncCounter
     record = {"losses": [], "unlabeled_losses": [], "figures": [], "host_syncs": []}
     try:
@@ -254,7 +254,7 @@ def main(argv=None) -> None:
         configure(args.seed, args.steps, args.threads, pathlib.Path(scratch))
         started = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # nnU-Net's console output
-            trainers = record_trainers(args.dataset, args.trainers or plugin_trainer_names(), args.steps, args.configuration, args.fold,
+            trainers = record_trainers(args.dataset, args.trainers or stepped_trainer_names(), args.steps, args.configuration, args.fold,
                                        args.seed)
         result = {"header": header(args.seed, args.steps, args.configuration, args.fold, args.threads, args.dataset),
                   "trainers": trainers}

@@ -36,7 +36,8 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunetv2.paths import nnUNet_results
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2_sss.errors import UserError, UserValueError, trainer_exit
+from nnunetv2_sss.data.splits import hidden_label_cases
+from nnunetv2_sss.errors import UserError, UserRuntimeError, UserValueError, trainer_exit
 from nnunetv2_sss.networks.passes import unwrap
 from nnunetv2_sss.networks.recipes import PlainRecipe
 from nnunetv2_sss.training import options as trainer_options
@@ -232,6 +233,17 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
             self.initialize()
         compile_network_parts(self)  # if nnU-Net compiles: the networks' parts, in place (compilation.py)
         super().on_train_start()
+
+    def do_split(self):
+        """nnU-Net's split, refused if a labeled training case of the fold is one whose label
+        ``splits_semi_supervised.json`` hides (nnUNetv2_sss_make_splits)."""
+        tr_keys, val_keys = super().do_split()
+        hidden = set(hidden_label_cases(self.preprocessed_dataset_folder_base, self.fold))
+        leaked = sorted(hidden & set(tr_keys))
+        if leaked:
+            raise UserRuntimeError(f"splits_final.json lists {leaked} as labeled training cases of fold {self.fold}, "
+                                   f"but splits_semi_supervised.json marks them unlabeled. Re-run nnUNetv2_sss_make_splits.")
+        return tr_keys, val_keys
 
     def on_train_epoch_start(self):
         if self.sss_seed is not None:  # workers of augmenters that have not started yet (first epoch)

@@ -28,8 +28,6 @@ A trainer names its objective and overrides options with class attributes; see
 """
 from __future__ import annotations
 
-import math
-import os
 from contextlib import contextmanager
 from typing import List, Optional, Tuple
 
@@ -40,9 +38,8 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnunetv2_sss.data.splits import hidden_label_cases
 from nnunetv2_sss.data.unlabeled_loader import UnlabeledDataLoader, UnlabeledImages
-from nnunetv2_sss.data.unlabeled_preprocessing import done_cases, unlabeled_folder
+from nnunetv2_sss.data.unlabeled_pool import require_unlabeled_sources
 from nnunetv2_sss.errors import UserRuntimeError
 from nnunetv2_sss.objectives.base import Objective
 from nnunetv2_sss.ssl.ema import ema_momentum, ema_update, make_teacher
@@ -101,31 +98,10 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         return self.teacher is not None and self.ssl_objective.export_teacher
 
     def unlabeled_sources(self) -> List[Tuple[str, List[str]]]:
-        """``(folder, case ids)`` of the fold's unlabeled pool; raises if it is empty."""
-        identifier = self.configuration_manager.data_identifier
-        folder = unlabeled_folder(self.preprocessed_dataset_folder_base, identifier)
-        sources = [(folder, done_cases(folder)),
-                   (self.preprocessed_dataset_folder, hidden_label_cases(self.preprocessed_dataset_folder_base,
-                                                                          self.fold))]
-        sources = [(f, cases) for f, cases in sources if cases]
-        if not sources:
-            dataset = self.plans_manager.dataset_name
-            raise UserRuntimeError(
-                f"{self.__class__.__name__} needs unlabeled data but {folder} holds no preprocessed case and "
-                f"{os.path.join(self.preprocessed_dataset_folder_base, 'splits_semi_supervised.json')} marks no "
-                f"case of fold {self.fold} as unlabeled. Put scans into nnUNet_raw/{dataset}/imagesUnlabeled and run "
-                f"'nnUNetv2_sss_preprocess_unlabeled -d {dataset} -c {self.configuration_name} -p "
-                f"{self.plans_manager.plans_name}', or simulate label scarcity with 'nnUNetv2_sss_make_splits'.")
-        return sources
-
-    def do_split(self):
-        tr_keys, val_keys = super().do_split()
-        hidden = set(hidden_label_cases(self.preprocessed_dataset_folder_base, self.fold))
-        leaked = sorted(hidden & set(tr_keys))
-        if leaked:
-            raise UserRuntimeError(f"splits_final.json lists {leaked} as labeled training cases of fold {self.fold}, "
-                                   f"but splits_semi_supervised.json marks them unlabeled. Re-run nnUNetv2_sss_make_splits.")
-        return tr_keys, val_keys
+        """``(folder, case ids)`` of the fold's unlabeled pool (``data/unlabeled_pool.py``); raises if it is empty."""
+        return require_unlabeled_sources(self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier,
+                                         [self.fold], self.__class__.__name__, self.configuration_name,
+                                         self.plans_manager.plans_name)
 
     def get_unlabeled_dataloader(self):
         """Unlabeled loader wrapped in nnU-Net's augmenter (same worker policy as the labeled one)."""

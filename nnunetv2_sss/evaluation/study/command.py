@@ -28,6 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed ... (default 0)")
     parser.add_argument("-tr", nargs="+", required=True, help="trainers (plugin trainers, e.g. nnUNetTrainerPlugin "
                                                               "for supervised nnU-Net)")
+    parser.add_argument("--rounds", type=int, default=None,
+                        help="self-training rounds: with nnUNetTrainerSelfTraining in -tr, adds the students of rounds "
+                             "2 .. ROUNDS after it (nnUNetTrainerSelfTraining_round2); each round's teacher is the "
+                             "previous round's student, round 1's the supervised row")
     parser.add_argument("--supervised", default=None,
                         help="the reference trainer (default: nnUNetTrainerPlugin if listed, else the first -tr)")
     parser.add_argument("--epochs", type=int, default=None, help="nnUNet_sss_num_epochs (default: trainer's)")

@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict
+from typing import Dict, List, Optional
 
 import numpy as np
 
@@ -22,11 +22,28 @@ from nnunetv2_sss.evaluation.study.plot import plot_learning_curve
 from nnunetv2_sss.evaluation.study.processes import run_logged
 from nnunetv2_sss.evaluation.study.rows import METRICS, class_names_of, number, runs_csv
 from nnunetv2_sss.evaluation.study.summary import format_seconds, summary_markdown
-from nnunetv2_sss.evaluation.study.trainers import check_plugin_trainers, trainer_classes, uses_sam2
+from nnunetv2_sss.evaluation.study.trainers import (check_plugin_trainers, self_training_round, self_training_teachers,
+                                                    trainer_classes, uses_sam2)
 from nnunetv2_sss.evaluation.study.workspace import Workspace
 
 LOCK_FILE = ".study.lock"  # one study per output folder (data/folder_lock.py)
 SUPERVISED_DEFAULTS = ("nnUNetTrainerPlugin", "nnUNetTrainer")
+ROUND_STUDENTS = ("nnUNetTrainerSelfTraining", "nnUNetTrainerSelfTraining_round2")
+
+
+def with_self_training_rounds(trainers: List[str], rounds: Optional[int]) -> List[str]:
+    """``trainers`` with the self-training students of rounds 2 .. ``rounds`` after round 1's
+    (``--rounds``); unchanged without ``--rounds``."""
+    if rounds is None:
+        return trainers
+    if rounds not in (1, 2):
+        raise UserValueError(f"--rounds {rounds}: 1 or 2 (the plugin's students: nnUNetTrainerSelfTraining, "
+                             f"nnUNetTrainerSelfTraining_round2)")
+    if ROUND_STUDENTS[0] not in trainers:
+        raise UserValueError(f"--rounds {rounds}: add {ROUND_STUDENTS[0]} to -tr (the rounds are its)")
+    position = trainers.index(ROUND_STUDENTS[0]) + 1
+    added = [t for t in ROUND_STUDENTS[1:rounds] if t not in trainers]
+    return trainers[:position] + added + trainers[position:]
 
 
 class Study:
@@ -51,7 +68,7 @@ class Study:
         self.seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         if len(set(args.tr)) != len(args.tr):
             raise UserValueError(f"-tr {' '.join(args.tr)}: a trainer is listed twice")
-        self.trainers = list(args.tr)
+        self.trainers = with_self_training_rounds(list(args.tr), args.rounds)
         self.supervised = args.supervised or next((t for t in SUPERVISED_DEFAULTS if t in self.trainers),
                                                   self.trainers[0])
         if self.supervised not in self.trainers:
@@ -65,6 +82,8 @@ class Study:
         classes = trainer_classes(self.trainers, self.env["nnUNet_extTrainer"])
         check_plugin_trainers(classes)
         self.sam2_trainers = [t for t in self.trainers if uses_sam2(classes[t])]
+        self.teachers = self_training_teachers(classes, self.trainers, self.supervised)
+        self.rounds = {t: self_training_round(classes[t]) for t in self.teachers}
         raw = os.path.join(raw_root, self.dataset)
         shared = os.path.join(nnunet_path(nnUNet_preprocessed), self.dataset)
         self.dataset_json = check_dataset(raw, shared, args, self.counts)
@@ -88,6 +107,7 @@ class Study:
         env = {**self.env, "nnUNet_preprocessed": preprocessed_root, "nnUNet_results": results,
                "nnUNet_sss_seed": str(run.seed)}
         started = time.time()
+        times = self.make_pseudo_labels(run, env, logs) if run.trainer in self.teachers else {}
         train_seconds = run_logged(["nnUNetv2_train", self.dataset, args.c, str(args.fold), "-tr", run.trainer,
                                     "-p", args.p, "-device", args.device],
                                    env, os.path.join(logs, f"{run.trainer}_train.log"))
@@ -111,12 +131,24 @@ class Study:
             for prefix, metric in METRICS:
                 row[f"{prefix}_{result['label_names'][key]}"] = stats[metric]["mean"]
         epochs, iterations = self.schedule(trainer_folder)
-        row.update({"train_seconds": round(train_seconds, 1), "seconds": round(time.time() - started, 1),
+        row.update({"train_seconds": round(train_seconds, 1), **times, "seconds": round(time.time() - started, 1),
                     "epochs": epochs, "iterations_per_epoch": iterations,
                     "iterations": epochs * iterations if epochs and iterations else "",
                     "device": args.device, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
         self.workspace.write_marker(run, row)
         return row
+
+    def make_pseudo_labels(self, run: Run, env: dict, logs: str) -> dict:
+        """A self-training student's pseudo-labels, by its teacher's run of the same group (done before it);
+        the seconds of teacher and pseudo-labelling for the row."""
+        args, teacher = self.args, self.teachers[run.trainer]
+        seconds = run_logged(["nnUNetv2_sss_pseudo_label", "-d", self.dataset, "-c", args.c, "-p", args.p, "-tr", teacher,
+                              "-f", str(args.fold), "--round", str(self.rounds[run.trainer]), "-device", args.device,
+                              "--clean"] + (["--disable-tta"] if args.disable_tta else []),
+                             env, os.path.join(logs, f"{run.trainer}_pseudo_label.log"))
+        teacher_row = self.workspace.row(Run(teacher, run.num_labeled, run.seed))
+        return {"teacher": teacher, "teacher_seconds": teacher_row["train_seconds"],
+                "pseudo_label_seconds": round(seconds, 1)}
 
     def schedule(self, trainer_folder: str):
         """(epochs, iterations per epoch) of the run: the trainer's values in nnU-Net's debug.json."""

@@ -1,12 +1,13 @@
 """The ``-tr`` trainers as ``nnUNetv2_train`` finds them (nnU-Net's trainer folder, then the folders of
-``nnUNet_extTrainer``), and what the study asks of their classes: the plugin's base, a SAM-2 recipe."""
+``nnUNet_extTrainer``), and what the study asks of their classes: the plugin's base, a SAM-2 recipe, the
+teacher of a self-training student."""
 from __future__ import annotations
 
 import contextlib
 import io
 import os
 import warnings
-from typing import Dict, Iterator, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 from nnunetv2_sss.errors import UserValueError
 
@@ -60,3 +61,29 @@ def uses_sam2(trainer: type) -> bool:
 
     recipe = getattr(trainer, "recipe", None)
     return issubclass(recipe if isinstance(recipe, type) else type(recipe), SAM2Recipe)
+
+
+def self_training_round(trainer: type) -> Optional[int]:
+    """The round of a self-training student (``nnUNetTrainerSelfTraining`` or a subclass), else ``None``."""
+    from nnunetv2_sss.training.options import class_option
+    from nnunetv2_sss.training.self_training import nnUNetTrainerSelfTraining
+
+    return class_option(trainer, "self_training_round") if issubclass(trainer, nnUNetTrainerSelfTraining) else None
+
+
+def self_training_teachers(classes: Dict[str, type], order: Sequence[str], supervised: str) -> Dict[str, str]:
+    """``{student: teacher}``: round 1's teacher is the supervised row, round K's the round K-1 student;
+    the teacher must be listed before its student (it is trained first in every group)."""
+    rounds = {name: self_training_round(classes[name]) for name in order}
+    teachers = {}
+    for position, name in enumerate(order):
+        if rounds[name] is None:
+            continue
+        earlier = [t for t in order[:position] if rounds[t] == rounds[name] - 1] if rounds[name] > 1 else \
+            ([supervised] if supervised in order[:position] else [])
+        if len(earlier) != 1:
+            wanted = f"the supervised row {supervised}" if rounds[name] == 1 else f"one round {rounds[name] - 1} student"
+            raise UserValueError(f"-tr {name}: a round {rounds[name]} self-training student needs its teacher, "
+                                 f"{wanted}, listed before it in -tr")
+        teachers[name] = earlier[0]
+    return teachers

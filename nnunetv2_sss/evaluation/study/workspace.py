@@ -13,6 +13,7 @@ from nnunetv2_sss.evaluation.study.plan import ALL, Run
 from nnunetv2_sss.evaluation.study.processes import run_logged
 
 SPLIT_FILES = ("splits_final.json", "splits_semi_supervised.json")
+OWN_ENTRIES = SPLIT_FILES + ("pseudo_labels",)  # a group's own (not linked): its splits, its pseudo-labels
 
 
 class Workspace:
@@ -56,7 +57,7 @@ class Workspace:
         view = os.path.join(root, self.dataset)
         os.makedirs(view, exist_ok=True)
         for entry in sorted(os.listdir(self.shared)):
-            if entry in SPLIT_FILES or entry.startswith("."):
+            if entry in OWN_ENTRIES or entry.startswith("."):
                 continue
             link = os.path.join(view, entry)
             if not os.path.lexists(link):
