@@ -275,10 +275,13 @@ def main() -> None:
     from plugin_trainers import stepped_trainer_names
     from tiny_sam2 import write_tiny_config
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device != "cuda" and not args.smoke:
+        print("[gpu_check] no CUDA device: the CPU check of the code paths (--smoke)", file=sys.stderr)
+        args.smoke = True
     trainers = args.trainers or ["nnUNetTrainer"] + stepped_trainer_names()
     compile_trainers = trainers if args.compile_trainers == ["all"] else \
         [t for t in trainers if t in args.compile_trainers]
-    steps, cases = (1, 6) if args.smoke else (args.steps, args.cases)
+    steps, cases = (1, 8) if args.smoke else (args.steps, args.cases)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     started = time.perf_counter()

@@ -156,3 +156,42 @@ def test_torch_autocast_internals():
     found = scaler._found_inf_per_device(optimizer)
     assert isinstance(found, dict) and float(sum(found.values())) == 1.0, \
         "GradScaler._found_inf_per_device changed (semi_supervised.optimizer_step)"
+
+
+# ---- pretraining (nnunetv2_sss/pretraining) and -pretrained_weights (training/pretrained_start.py) -----------
+def test_pretrained_weights_go_through_maybe_load_checkpoint():
+    """training/pretrained_start.install wraps ``nnunetv2.run.run_training.maybe_load_checkpoint``, which
+    run_training and run_ddp call as a module global after building the trainer, and which initialises the
+    trainer and then loads the file into ``trainer.network`` with ``load_pretrained_weights``."""
+    from nnunetv2.run import run_training as run_module
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    import nnunetv2_sss.training.base  # noqa: F401 - installs the wrapper
+    nnunet_function = getattr(run_module.maybe_load_checkpoint, '__wrapped__', run_module.maybe_load_checkpoint)
+    assert list(inspect.signature(nnunet_function).parameters) == \
+        ["nnunet_trainer", "continue_training", "validation_only", "pretrained_weights_file"]
+    for caller in (run_module.run_training, run_module.run_ddp):
+        assert "maybe_load_checkpoint(nnunet_trainer, " in inspect.getsource(caller), caller.__name__
+    source = inspect.getsource(nnunet_function)
+    assert "nnunet_trainer.initialize()" in source and \
+        "load_pretrained_weights(nnunet_trainer.network, pretrained_weights_file" in source
+    assert list(inspect.signature(load_pretrained_weights).parameters)[:2] == ["network", "fname"]
+    assert "'.seg_layers.'" in inspect.getsource(load_pretrained_weights), \
+        "nnU-Net's load_pretrained_weights skips other keys now (pretrained_start.SKIPPED)"
+
+
+def test_pretraining_trainer_internals():
+    """pretraining/trainer.py: the output folder (a property in place of nnU-Net's <base>/fold_X), no
+    unpacking of the segmentations, nnU-Net's loop calling the hooks it overrides, the logger's keys."""
+    from nnunetv2.run.run_training import get_trainer_from_args  # noqa: F401 - run_training's entry still there
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name  # noqa: F401 - command.py
+    init = inspect.getsource(nnUNetTrainer.__init__)
+    assert "self.output_folder = join(self.output_folder_base, f'fold_{fold}')" in init
+    assert init.index("self.output_folder_base =") < init.index("self.output_folder =")
+    start = inspect.getsource(nnUNetTrainer.on_train_start)
+    assert "self.get_dataloaders()" in start and "self.dataset_class.unpack_dataset(" in start
+    loop = inspect.getsource(nnUNetTrainer.run_training)
+    for hook in ("self.train_step(", "self.validation_step(", "self.on_validation_epoch_end(val_outputs)",
+                 "self.on_epoch_end()", "self.on_train_end()"):
+        assert hook in loop, hook
+    assert {'mean_fg_dice', 'dice_per_class_or_region', 'val_losses', 'train_losses', 'epoch_start_timestamps',
+            'epoch_end_timestamps'} <= set(LocalLogger().my_fantastic_logging)

@@ -218,6 +218,15 @@ def test_empty_unlabeled_pool(nnunet_dataset, teacher, tmp_path):
     assert_user_error(result, "needs unlabeled data", "nnUNetv2_sss_preprocess_unlabeled")
 
 
+def test_student_without_pool_names_the_command_to_run(nnunet_dataset, teacher, tmp_path, monkeypatch):
+    root, preprocessed, env = teacher
+    without = tmp_path / "preprocessed"
+    shutil.copytree(preprocessed, without, symlinks=True, ignore=shutil.ignore_patterns("pseudo_labels"))
+    message = train_in_process(monkeypatch, {**env, "nnUNet_preprocessed": str(without)}, nnunet_dataset.dataset_id,
+                               "2d", "0", STUDENT)
+    assert message.startswith("ERROR: ") and "nnUNetv2_sss_pseudo_label -d Dataset901_Tiny -c 2d" in message, message
+
+
 def test_stale_pseudo_labels_are_refused(nnunet_dataset, teacher, pool, tmp_path, monkeypatch):
     root, preprocessed, env = teacher
     results, stale = tmp_path / "results", tmp_path / "preprocessed"

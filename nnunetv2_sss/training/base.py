@@ -370,3 +370,8 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
 
 for _name in USER_ERROR_SEAMS:
     setattr(nnUNetTrainerPlugin, _name, user_error_seam(getattr(nnUNetTrainerPlugin, _name)))
+
+# nnUNetv2_train -pretrained_weights: checked against the network, and every model of the trainer (EMA teacher,
+# the objective's extra networks) starts from it (training/pretrained_start.py)
+from nnunetv2_sss.training import pretrained_start as _pretrained_start  # noqa: E402
+_pretrained_start.install()

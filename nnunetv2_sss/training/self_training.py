@@ -62,11 +62,11 @@ class nnUNetTrainerSelfTraining(nnUNetTrainerPlugin):
 
     def pseudo_label_command(self) -> str:
         round_ = self.self_training_round
-        teacher = {1: 'SUPERVISED_TRAINER', 2: 'nnUNetTrainerSelfTraining'}.get(
+        teacher = {1: 'nnUNetTrainer', 2: 'nnUNetTrainerSelfTraining'}.get(
             round_, f'nnUNetTrainerSelfTraining_round{round_ - 1}')
         return (f"nnUNetv2_sss_pseudo_label -d {self.plans_manager.dataset_name} -c {self.configuration_name} "
                 f"-p {self.plans_manager.plans_name} -tr {teacher} -f {' '.join(map(str, self.teacher_folds()))} "
-                f"--round {self.self_training_round}")
+                f"--round {self.self_training_round}" + (" (-tr: your trained teacher's trainer)" if round_ == 1 else ""))
 
     def on_train_start(self):
         if not self.was_initialized:

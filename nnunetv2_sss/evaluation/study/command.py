@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="self-training rounds: with nnUNetTrainerSelfTraining in -tr, adds the students of rounds "
                              "2 .. ROUNDS after it (nnUNetTrainerSelfTraining_round2); each round's teacher is the "
                              "previous round's student, round 1's the supervised row")
+    parser.add_argument("--pretrained", nargs="+", default=None, metavar="T",
+                        help="trainers of -tr that also run from a masked-image pretrained start (rows 'T+pretrained'): "
+                             "nnUNetv2_sss_pretrain once per study and trainer on the images the runs see (training "
+                             "cases and unlabeled pool, never the test images), same schedule as the runs")
     parser.add_argument("--supervised", default=None,
                         help="the reference trainer (default: nnUNetTrainerPlugin if listed, else the first -tr)")
     parser.add_argument("--epochs", type=int, default=None, help="nnUNet_sss_num_epochs (default: trainer's)")

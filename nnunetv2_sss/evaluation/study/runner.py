@@ -19,6 +19,8 @@ from nnunetv2_sss.evaluation.study.environment import check_settings, child_envi
 from nnunetv2_sss.evaluation.study.inputs import check_dataset
 from nnunetv2_sss.evaluation.study.plan import ALL, Run, parse_counts, plan_runs
 from nnunetv2_sss.evaluation.study.plot import plot_learning_curve
+from nnunetv2_sss.evaluation.study.pretraining import (is_pretrained, nnunet_trainer, pretrain, results_folder_name,
+                                                       with_pretrained_rows)
 from nnunetv2_sss.evaluation.study.processes import run_logged
 from nnunetv2_sss.evaluation.study.rows import METRICS, class_names_of, number, runs_csv
 from nnunetv2_sss.evaluation.study.summary import format_seconds, summary_markdown
@@ -68,7 +70,7 @@ class Study:
         self.seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         if len(set(args.tr)) != len(args.tr):
             raise UserValueError(f"-tr {' '.join(args.tr)}: a trainer is listed twice")
-        self.trainers = with_self_training_rounds(list(args.tr), args.rounds)
+        self.trainers = with_pretrained_rows(with_self_training_rounds(list(args.tr), args.rounds), args.pretrained)
         self.supervised = args.supervised or next((t for t in SUPERVISED_DEFAULTS if t in self.trainers),
                                                   self.trainers[0])
         if self.supervised not in self.trainers:
@@ -79,8 +81,13 @@ class Study:
                 raise UserValueError(f"--{option.replace('_', '-')} {value}: must be >= 1")
         self.runs = plan_runs(self.trainers, self.counts, self.seeds, self.supervised, self.ceiling)
         self.env = child_environment(args, raw_root)
-        classes = trainer_classes(self.trainers, self.env["nnUNet_extTrainer"])
-        check_plugin_trainers(classes)
+        found = trainer_classes(sorted({nnunet_trainer(t) for t in self.trainers}), self.env["nnUNet_extTrainer"])
+        check_plugin_trainers(found)
+        classes = {t: found[nnunet_trainer(t)] for t in self.trainers}  # by row
+        students = [nnunet_trainer(t) for t in self.trainers if is_pretrained(t) and self_training_round(classes[t])]
+        if students:
+            raise UserValueError(f"--pretrained {' '.join(students)}: a self-training student starts from its teacher's "
+                                 f"pseudo-labels, not from pretrained weights; leave it out of --pretrained")
         self.sam2_trainers = [t for t in self.trainers if uses_sam2(classes[t])]
         self.teachers = self_training_teachers(classes, self.trainers, self.supervised)
         self.rounds = {t: self_training_round(classes[t]) for t in self.teachers}
@@ -96,9 +103,9 @@ class Study:
         """Train, predict and evaluate one run (from scratch); its row, also written as its done marker."""
         from nnunetv2_sss.evaluation.evaluate import FOREGROUND_MEAN, evaluate_folders, stats_of
 
-        args, group = self.args, self.workspace.group_folder(run)
-        results = os.path.join(group, "nnUNet_results")
-        trainer_folder = os.path.join(results, self.dataset, f"{run.trainer}__{args.p}__{args.c}")
+        args, group, trainer = self.args, self.workspace.group_folder(run), nnunet_trainer(run.trainer)
+        results = os.path.join(group, results_folder_name(run.trainer))
+        trainer_folder = os.path.join(results, self.dataset, f"{trainer}__{args.p}__{args.c}")
         predictions = os.path.join(group, "predictions", run.trainer)
         logs = os.path.join(group, "logs")
         for folder in (trainer_folder, predictions):  # a half-written run is redone from scratch
@@ -108,12 +115,21 @@ class Study:
                "nnUNet_sss_seed": str(run.seed)}
         started = time.time()
         times = self.make_pseudo_labels(run, env, logs) if run.trainer in self.teachers else {}
-        train_seconds = run_logged(["nnUNetv2_train", self.dataset, args.c, str(args.fold), "-tr", run.trainer,
-                                    "-p", args.p, "-device", args.device],
+        start_from = []
+        if is_pretrained(run.trainer):
+            weights, seconds = pretrain(self.out, self.dataset, trainer, args, {**env, "nnUNet_sss_seed": str(self.seeds[0])},
+                                        preprocessed_root, run.trainer in self.sam2_trainers)
+            times["pretrain_seconds"] = round(seconds, 1)  # 0 where an earlier run made them
+            if run.trainer in self.sam2_trainers:
+                env["nnUNet_sss_sam2_checkpoint"] = weights
+            else:
+                start_from = ["-pretrained_weights", weights]
+        train_seconds = run_logged(["nnUNetv2_train", self.dataset, args.c, str(args.fold), "-tr", trainer,
+                                    "-p", args.p, "-device", args.device] + start_from,
                                    env, os.path.join(logs, f"{run.trainer}_train.log"))
         images, labels, evaluated = self.workspace.evaluation_folders(run, preprocessed_root)
         run_logged(["nnUNetv2_predict", "-i", images, "-o", predictions, "-d", self.dataset, "-c", args.c,
-                    "-f", str(args.fold), "-tr", run.trainer, "-p", args.p, "-device", args.device,
+                    "-f", str(args.fold), "-tr", trainer, "-p", args.p, "-device", args.device,
                     "-npp", "1", "-nps", "1", "--disable_progress_bar"] +
                    (["--disable_tta"] if args.disable_tta else []),
                    env, os.path.join(logs, f"{run.trainer}_predict.log"))

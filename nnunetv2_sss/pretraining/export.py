@@ -1,0 +1,103 @@
+"""What pretraining leaves for the existing loaders, in the pretraining's results folder:
+
+- nnU-Net's networks: ``pretrained_weights.pth`` = ``{'network_weights': <state dict>, 'pretraining': <record>}``
+  for ``nnUNetv2_train ... -pretrained_weights`` (nnU-Net's ``load_pretrained_weights``: every tensor but the
+  segmentation layers, whose output channels are the input channels here);
+- the SAM-2 networks: ``sam2_image_encoder.pt`` = ``{'model': {'image_encoder.<key>': ...}, 'pretraining': ...}``,
+  SAM-2's checkpoint format, the exact inverse of how ``networks/sam2_checkpoint.py`` maps a SAM-2 checkpoint
+  onto the network's ``pretrained_encoder`` (SAM-2's ``ImageEncoder``), for ``nnUNet_sss_sam2_checkpoint``;
+- ``pretraining.json``: the record (dataset, configuration, plans, trainer, network class, input channels,
+  cases, epochs, iterations, mask ratio, ...), also inside both files (``training/pretrained_start.py``
+  compares it with the network that loads them).
+
+Every file is written atomically.
+"""
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+from nnunetv2_sss.atomic_files import write_atomically, write_text_atomically
+from nnunetv2_sss.networks.sam2_checkpoint import IMAGE_ENCODER_PREFIX
+from nnunetv2_sss.pretraining.trainer import innermost, without_mask_token
+
+CNN_WEIGHTS = "pretrained_weights.pth"
+SAM2_WEIGHTS = "sam2_image_encoder.pt"
+RECORD = "pretraining.json"
+RECORD_KEY = "pretraining"  # the record inside the weight files
+
+
+def is_sam2_network(network) -> bool:
+    return hasattr(innermost(network), 'pretrained_encoder')
+
+
+def network_class_name(network) -> str:
+    return type(innermost(network)).__name__
+
+
+def epoch_seconds(trainer) -> Optional[float]:
+    """Median seconds per completed epoch (nnU-Net's epoch timestamps)."""
+    starts = trainer.logger.get_value('epoch_start_timestamps', step=None)
+    ends = trainer.logger.get_value('epoch_end_timestamps', step=None)
+    durations = [e - s for s, e in zip(starts, ends)]
+    return float(np.median(durations)) if durations else None
+
+
+def pretraining_record(trainer, dataset: str, plans: str, configuration: str, started: Optional[str] = None) -> dict:
+    """What the weights were pretrained on and how (JSON)."""
+    cases = trainer.pretraining_cases
+    network = trainer.network
+    record = {
+        'dataset': dataset, 'configuration': configuration, 'plans': plans,
+        'trainer': trainer.source_trainer.__name__, 'pretraining_trainer': type(trainer).__name__,
+        'network_class': network_class_name(network), 'input_channels': int(trainer.num_input_channels),
+        'patch_size': [int(n) for n in trainer.configuration_manager.patch_size],
+        'objective': 'masked image modelling: block masks, learnable mask token per input channel, '
+                     'MSE on the masked voxels',
+        'mask_ratio': float(trainer.mask_ratio), 'mask_block_size': [int(n) for n in trainer.mask_block_size],
+        'epochs_done': int(trainer.current_epoch), 'epochs': int(trainer.num_epochs),
+        'iterations_per_epoch': int(trainer.num_iterations_per_epoch),
+        'iterations': int(trainer.current_epoch * trainer.num_iterations_per_epoch),
+        'batch_size': int(trainer.batch_size),
+        'num_training_cases': cases.count(), 'num_validation_cases': cases.count('validation'),
+        'cases': cases.describe(),
+        'train_loss_per_epoch': [float(x) for x in trainer.logger.get_value('train_losses', step=None)],
+        'val_loss_per_epoch': [float(x) for x in trainer.logger.get_value('val_losses', step=None)],
+        'seconds_per_epoch': epoch_seconds(trainer), 'device': str(trainer.device),
+        'started': started, 'written': datetime.datetime.now().isoformat(timespec='seconds'),
+    }
+    spec = getattr(trainer, 'sam2_spec', None)
+    if spec is not None:
+        record['sam2_config'] = spec.config
+        record['sam2_start'] = getattr(trainer, 'sam2_checkpoint', None)
+    return record
+
+
+def _save(path: str, obj) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomically(path, lambda file: file.write(buffer.getvalue()))
+
+
+def export_pretrained(trainer, folder: str, record: dict) -> str:
+    """Write the weights file of the network's kind and ``pretraining.json``; returns the weights' path."""
+    network = innermost(trainer.network)
+    if is_sam2_network(network):
+        encoder = network.pretrained_encoder.state_dict()
+        path = os.path.join(folder, SAM2_WEIGHTS)
+        _save(path, {'model': {IMAGE_ENCODER_PREFIX + k: v.detach().cpu().clone() for k, v in encoder.items()},
+                     RECORD_KEY: record})
+    else:
+        weights = without_mask_token(network.state_dict())
+        path = os.path.join(folder, CNN_WEIGHTS)
+        _save(path, {'network_weights': {k: v.detach().cpu().clone() for k, v in weights.items()},
+                     RECORD_KEY: record})
+    write_text_atomically(os.path.join(folder, RECORD), json.dumps({**record, 'weights': os.path.basename(path)},
+                                                                   indent=2) + "\n")
+    return path
