@@ -3,7 +3,7 @@ few iterations, at 2d and at a head-CT-like 3d_fullres plan, with nnU-Net's torc
 
     .venv/bin/python benchmarks/gpu_check.py [--device cuda] [--steps 5] [--configs 2d 3d_fullres] \
         [--trainers ...] [--compile-trainers ...] [--workdir benchmarks/work_gpu] [--json FILE]
-    .venv/bin/python benchmarks/gpu_check.py --device cpu --smoke      # the code paths, on the CPU, ~3 min
+    .venv/bin/python benchmarks/gpu_check.py --device cpu --smoke      # the code paths on the CPU, tiny data
 
 Two parts, each in processes of their own, printed as Markdown tables:
 
@@ -32,6 +32,7 @@ H100 with the defaults (data made once under ``--workdir``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -151,7 +152,7 @@ def fp32_table(results: dict) -> str:
 
 
 # ---- part 2: speed, memory, compilation, syncs ------------------------------------------------------
-def measure_trainer(name: str, configuration: str, steps: int, device: str) -> dict:
+def measure_trainer(dataset: str, name: str, configuration: str, steps: int, device: str) -> dict:
     """Two warm-up steps, ``steps`` timed ones, one counted for syncs; this process, fresh statistics."""
     import torch
     import torch._dynamo
@@ -167,7 +168,7 @@ def measure_trainer(name: str, configuration: str, steps: int, device: str) -> d
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     synchronize = torch.cuda.synchronize if cuda else (lambda: None)
-    trainer = get_trainer_from_args(HEAD_CT, configuration, 0, name, "nnUNetPlans", False, torch.device(device))
+    trainer = get_trainer_from_args(dataset, configuration, 0, name, "nnUNetPlans", False, torch.device(device))
     losses, seconds = [], []
     try:
         trainer.on_train_start()
@@ -211,14 +212,14 @@ def measure_trainer(name: str, configuration: str, steps: int, device: str) -> d
         _finish_loaders(trainer)
 
 
-def speed_child(trainers: list, configuration: str, steps: int, device: str, out: str) -> None:
+def speed_child(trainers: list, dataset: str, configuration: str, steps: int, device: str, out: str) -> None:
     import gc
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     results = {}
     for name in trainers:
         try:
-            results[name] = measure_trainer(name, configuration, steps, device)
+            results[name] = measure_trainer(dataset, name, configuration, steps, device)
         except Exception as error:
             results[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}
         gc.collect()
@@ -259,17 +260,18 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--timeout", type=float, default=240, help="seconds per group of runs")
     parser.add_argument("--smoke", action="store_true", help="check of the code paths: 1 step, the tiny Hiera, "
-                        "a small head-CT dataset (on the CPU nnU-Net never compiles: 'compile on' runs uncompiled)")
+                        "the tests' tiny dataset (on the CPU nnU-Net never compiles: 'compile on' runs uncompiled)")
     parser.add_argument("--workdir", default=os.path.join(HERE, "work_gpu"))
     parser.add_argument("--json", default=None)
     parser.add_argument("--fp32-child", nargs=2, metavar=("DEVICE", "OUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--speed-child", nargs=4, metavar=("CONFIG", "STEPS", "DEVICE", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--speed-child", nargs=5, metavar=("DATASET", "CONFIG", "STEPS", "DEVICE", "OUT"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fp32_child:
         return fp32_child(args.trainers, *args.fp32_child)
     if args.speed_child:
-        configuration, steps, device, out = args.speed_child
-        return speed_child(args.trainers, configuration, int(steps), device, out)
+        dataset, configuration, steps, device, out = args.speed_child
+        return speed_child(args.trainers, dataset, configuration, int(steps), device, out)
 
     import torch
     from plugin_trainers import stepped_trainer_names
@@ -281,7 +283,7 @@ def main() -> None:
     trainers = args.trainers or ["nnUNetTrainer"] + stepped_trainer_names()
     compile_trainers = trainers if args.compile_trainers == ["all"] else \
         [t for t in trainers if t in args.compile_trainers]
-    steps, cases = (1, 8) if args.smoke else (args.steps, args.cases)
+    steps = 1 if args.smoke else args.steps
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     started = time.perf_counter()
@@ -295,7 +297,9 @@ def main() -> None:
     print(f"## First steps in float32 on {device} vs the CPU reference (tiny dataset, 2d)\n")
     print(fp32_table(fp32) + "\n", flush=True)
 
-    env = prepare_head_ct(os.path.join(workdir, "head_ct"), cases, args.configs)
+    # the smoke check: the tiny dataset (a CPU step at a head-CT patch takes minutes)
+    dataset, env = ("Dataset901_Tiny", dict(tiny_env)) if args.smoke else \
+        (HEAD_CT, prepare_head_ct(os.path.join(workdir, "head_ct"), args.cases, args.configs))
     env.update({"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "4" if device == "cuda" else "0"),
                 "nnUNet_def_n_proc": "1", "nnUNet_sss_seed": "0", "MPLBACKEND": "agg",
                 "nnUNet_sss_sam2_checkpoint": "random", "nnUNet_sss_iterations_per_epoch": str(steps + 3),
@@ -310,16 +314,17 @@ def main() -> None:
             if "nnUNetTrainerCPS4" in names:
                 import trainer_harness
                 os.environ.update(env)
-                trainer_harness.prepare_cps4_stage1(HEAD_CT, "2d", 0, 0)
+                with contextlib.redirect_stdout(sys.stderr):  # its epoch lines are not the table's
+                    trainer_harness.prepare_cps4_stage1(dataset, "2d", 0, 0)
             out = os.path.join(workdir, f"speed_{configuration}_{compiled}.json")
             if os.path.isfile(out):
                 os.remove(out)
             child_env = {**env, "nnUNet_compile": "true" if compiled == "on" else "false"}
-            child([sys.executable, __file__, "--speed-child", configuration, str(steps), device, out,
+            child([sys.executable, __file__, "--speed-child", dataset, configuration, str(steps), device, out,
                    "--trainers", *names], child_env, args.timeout)
             results = json.load(open(out)) if os.path.isfile(out) else {}
             rows += [(configuration, compiled, n, results.get(n, {"error": "not reached (timeout)"})) for n in names]
-    print(f"## Speed, memory, compilation, syncs ({HEAD_CT}: head-CT-like plans)\n")
+    print(f"## Speed, memory, compilation, syncs ({dataset}" + ("" if args.smoke else ": head-CT-like plans") + ")\n")
     print(speed_table(rows))
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     if args.json:

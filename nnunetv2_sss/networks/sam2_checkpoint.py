@@ -6,7 +6,6 @@ image encoder's tensors are the keys under ``image_encoder.``. Only those are us
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import re
 from dataclasses import dataclass, field
@@ -16,21 +15,13 @@ import torch
 from torch import nn
 
 from nnunetv2_sss import settings
+from nnunetv2_sss.checksums import sha256_of_file
 from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError
 
 IMAGE_ENCODER_PREFIX = "image_encoder."
 # share of the encoder's tensors a checkpoint must fill: a released checkpoint of the right config fills all of
 # them; fewer means another key layout or another Hiera, and the encoder would train from mostly random weights
 MIN_LOADED_SHARE = 0.9
-
-
-def sha256_of_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 digest of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

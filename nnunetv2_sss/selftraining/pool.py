@@ -18,7 +18,6 @@ The labeled data are never written to: the pool is a folder of its own.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
@@ -26,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 from nnunetv2_sss.atomic_files import write_text_atomically
+from nnunetv2_sss.checksums import sha256_of_file
 from nnunetv2_sss.errors import UserRuntimeError
 
 POOLS_FOLDER = "pseudo_labels"
@@ -52,14 +52,6 @@ def with_ignore_label(dataset_json: dict) -> dict:
         values = [v for value in labels.values() for v in (value if isinstance(value, (list, tuple)) else [value])]
         labels[IGNORE] = int(max(values)) + 1
     return {**dataset_json, "labels": labels}
-
-
-def sha256_of(path: str, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_bytes), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -124,11 +116,11 @@ def check_pool_is_current(folder: str, manifest: Manifest, results_base: str) ->
         if not os.path.isfile(path):
             raise UserRuntimeError(f"{path}: the checkpoint of the teacher that made the pseudo-labels in {folder} "
                                    f"is gone; make the pseudo-labels again with nnUNetv2_sss_pseudo_label --clean")
-        if sha256_of(path) != manifest.teacher.checkpoints_sha256.get(fold):
+        if sha256_of_file(path) != manifest.teacher.checkpoints_sha256.get(fold):
             raise UserRuntimeError(
                 f"{folder}: the pseudo-labels are older than the teacher: {path} changed after they were made "
                 f"(SHA-256 {manifest.teacher.checkpoints_sha256.get(fold, 'unknown')[:12]}... then, "
-                f"{sha256_of(path)[:12]}... now); make them again with 'nnUNetv2_sss_pseudo_label ... --clean'")
+                f"{sha256_of_file(path)[:12]}... now); make them again with 'nnUNetv2_sss_pseudo_label ... --clean'")
 
 
 def require_complete_pool(folder: str, results_base: str, command: str) -> Manifest:

@@ -29,10 +29,11 @@ import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, load_pickle, \
     write_pickle
 
+from nnunetv2_sss.checksums import sha256_of_file
 from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserValueError, dataset_name, nnunet_path, \
     user_errors
 from nnunetv2_sss.selftraining.pool import (PREPROCESSED, SEGMENTATIONS, Manifest, Teacher, complete_cases,
-                                            pool_folder, sha256_of, with_ignore_label)
+                                            pool_folder, with_ignore_label)
 
 # plans entries that decide how a case is preprocessed: the teacher must have been trained on the same
 PREPROCESSING_KEYS = ("data_identifier", "spacing", "normalization_schemes", "use_mask_for_norm",
@@ -136,7 +137,7 @@ def make_pseudo_labels(dataset: str, configuration: str, teacher_trainer: str, f
         raise UserValueError(f"--round {round_}: rounds count from 1")
     teacher = Teacher(teacher_trainer, plans_identifier, configuration, list(folds), checkpoint)
     check_teacher(teacher, results_base, plans, dataset_json, name)
-    teacher.checkpoints_sha256 = {fold: sha256_of(path) for fold, path in teacher.checkpoint_files(results_base).items()}
+    teacher.checkpoints_sha256 = {fold: sha256_of_file(path) for fold, path in teacher.checkpoint_files(results_base).items()}
     data_identifier = plans["configurations"][configuration]["data_identifier"]
     sources = require_unlabeled_sources(preprocessed_base, data_identifier, folds, "nnUNetv2_sss_pseudo_label",
                                         configuration, plans_identifier)
