@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nnunetv2_sss_installed
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+# test files run on TEST_WORKERS processes (pytest-xdist; a file's tests stay together: its fixtures are built once)
+TEST_WORKERS ?= 2
 DEMO_ARGS ?=
 
 .PHONY: install demo test benchmarks clean-demo
@@ -28,7 +30,7 @@ demo: install
 	$(VENV)/bin/nnUNetv2_sss_demo --workdir demo_work $(DEMO_ARGS)
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 benchmarks: install
 	for script in benchmarks/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
