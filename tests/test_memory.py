@@ -213,6 +213,7 @@ def _measured(trainer_name: str, plans_identifier: str = "nnUNetPlans"):
         trainer.on_train_epoch_start()
         batch = next(trainer.dataloader_train)
         if hasattr(trainer, "compute_gradients"):
+            trainer.split_backward = True  # CUDA's default, which the estimate is for
             batch["unlabeled"] = next(trainer.dataloader_unlabeled)
         return trainer, track_step(trainer, batch)
     finally:

@@ -140,6 +140,24 @@ def test_pretraining_without_labels_then_resume(pretrained_cnn):
     assert result.stderr.strip().startswith("ERROR: ") and "--c" in result.stderr
 
 
+def test_cnn_output_carries_the_pretrained_encoder_and_a_fresh_decoder(pretrained_cnn):
+    """--transfer encoder (the default): every encoder tensor is the pretraining's, every decoder convolution
+    is another (newly initialised) one; the record says so."""
+    from nnunetv2_sss.pretraining.export import is_decoder_key
+    folder, _, _ = pretrained_cnn
+    final = torch.load(folder / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    exported = torch.load(folder / "pretrained_weights.pth", weights_only=False)
+    weights = exported["network_weights"]
+    assert exported["pretraining"]["transferred"] == "encoder (decoder: nnU-Net initialisation)"
+    assert json.loads((folder / "pretraining.json").read_text())["transferred"] == exported["pretraining"]["transferred"]
+    encoder = [k for k in weights if not is_decoder_key(k)]
+    decoder_convs = [k for k in weights if is_decoder_key(k) and weights[k].ndim >= 3]
+    assert any(k.startswith("encoder.") for k in encoder) and any(k.startswith("decoder.encoder.") for k in encoder)
+    assert len(decoder_convs) >= 6  # two convolutions per decoder stage, transposed convolutions, seg layers
+    assert all(torch.equal(weights[k], final[k]) for k in encoder)
+    assert not any(torch.equal(weights[k], final[k]) for k in decoder_convs)
+
+
 def test_reconstruction_loss_falls(pretrained_cnn, nnunet_dataset, monkeypatch, tmp_path):
     """The pretrained weights against a fresh network of the same class on the same batches and masks."""
     from batchgenerators.utilities.file_and_folder_operations import load_json

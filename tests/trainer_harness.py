@@ -148,7 +148,7 @@ def split_gradient_difference(trainer, batch: dict) -> float:
     generators = trainer_generators(trainer)
     state = capture_rng_state(trainer.device, generators)
     parameters = [p for module in trainer.trained_modules() for p in module.parameters() if p.requires_grad]
-    gradients = {}
+    gradients, default = {}, trainer.split_backward
     for split in (True, False):
         restore_rng_state(state, trainer.device, generators)
         trainer.split_backward = split
@@ -156,7 +156,7 @@ def split_gradient_difference(trainer, batch: dict) -> float:
         gradients[split] = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).double().reshape(-1)
                                       for p in parameters])
     restore_rng_state(state, trainer.device, generators)
-    trainer.split_backward = True
+    trainer.split_backward = default
     trainer.optimizer.zero_grad(set_to_none=True)
     return float((gradients[True] - gradients[False]).norm() / gradients[False].norm())
 

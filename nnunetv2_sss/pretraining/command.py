@@ -30,6 +30,7 @@ COMMAND = "nnUNetv2_sss_pretrain"
 
 
 def parser() -> argparse.ArgumentParser:
+    from nnunetv2_sss.pretraining.export import TRANSFERS
     p = argparse.ArgumentParser(prog=COMMAND, description=(
         "Masked image modelling on every image of a dataset (imagesTr and the unlabeled pool; labels are never "
         "read) on the network a trainer builds; writes weights for nnUNetv2_train -pretrained_weights (nnU-Net's "
@@ -46,6 +47,9 @@ def parser() -> argparse.ArgumentParser:
                    help="validation iterations per epoch (default: the trainer's, nnU-Net: 50)")
     p.add_argument('--mask-ratio', type=float, default=None,
                    help=f"share of the blocks masked (default {DEFAULT_MASK_RATIO}; --c: the run's)")
+    p.add_argument('--transfer', choices=TRANSFERS, default='encoder',
+                   help="nnU-Net's networks: what the weights file carries pretrained: 'encoder' (default; the decoder "
+                        "as nnU-Net initialises it) or 'all' (encoder and decoder). SAM-2 networks: the image encoder")
     p.add_argument('-device', default='cuda', help="cuda (default), cpu or mps")
     p.add_argument('--c', dest='continue_training', action='store_true', help="continue from the latest checkpoint")
     return p
@@ -88,8 +92,8 @@ def _schedule_overrides(epochs, iterations, val_iterations) -> dict:
 def run_pretraining(dataset, configuration: str, trainer_name: str = 'nnUNetTrainer', plans: str = 'nnUNetPlans',
                     epochs: Optional[int] = None, iterations: Optional[int] = None,
                     val_iterations: Optional[int] = None, mask_ratio: Optional[float] = None,
-                    device: str = 'cuda', continue_training: bool = False) -> str:
-    """Pretrain and export; returns the path of the weights file."""
+                    device: str = 'cuda', continue_training: bool = False, transfer: str = 'encoder') -> str:
+    """Pretrain and export; returns the path of the weights file (``transfer``: ``--transfer``)."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
     from nnunetv2_sss import settings
     from nnunetv2_sss.pretraining.cases import pretraining_cases
@@ -163,7 +167,7 @@ def run_pretraining(dataset, configuration: str, trainer_name: str = 'nnUNetTrai
 
     write_text_atomically(record_file, json.dumps(record(), indent=2) + "\n")
     trainer.run_training()
-    path = export_pretrained(trainer, folder, record())
+    path = export_pretrained(trainer, folder, record(), transfer)
     use = (f"nnUNetv2_train {dataset} {configuration} FOLD -tr {trainer_name} -p {plans} -pretrained_weights {path}"
            if path.endswith('.pth') else
            f"{settings.SAM2_CHECKPOINT}={path} (with {settings.SAM2_CONFIG} as for this pretraining) "
@@ -176,7 +180,7 @@ def run_pretraining(dataset, configuration: str, trainer_name: str = 'nnUNetTrai
 def main(argv: Optional[List[str]] = None) -> None:
     args = parser().parse_args(argv)
     run_pretraining(args.dataset, args.configuration, args.trainer, args.plans, args.epochs, args.iterations,
-                    args.val_iterations, args.mask_ratio, args.device, args.continue_training)
+                    args.val_iterations, args.mask_ratio, args.device, args.continue_training, args.transfer)
 
 
 if __name__ == '__main__':

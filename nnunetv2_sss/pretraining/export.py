@@ -2,7 +2,11 @@
 
 - nnU-Net's networks: ``pretrained_weights.pth`` = ``{'network_weights': <state dict>, 'pretraining': <record>}``
   for ``nnUNetv2_train ... -pretrained_weights`` (nnU-Net's ``load_pretrained_weights``: every tensor but the
-  segmentation layers, whose output channels are the input channels here);
+  segmentation layers, whose output channels are the input channels here). ``transfer='encoder'`` (the
+  default) carries the pretrained encoder and the decoder of a freshly built network (nnU-Net's own
+  initialisation), as masked-autoencoder pretraining hands on its encoder only: on the lesion benchmark the
+  reconstruction decoder made fine-tuning predict background throughout (README, "Pretrain on your own
+  unlabeled scans"); ``transfer='all'`` carries the pretrained decoder too;
 - the SAM-2 networks: ``sam2_image_encoder.pt`` = ``{'model': {'image_encoder.<key>': ...}, 'pretraining': ...}``,
   SAM-2's checkpoint format, the exact inverse of how ``networks/sam2_checkpoint.py`` maps a SAM-2 checkpoint
   onto the network's ``pretrained_encoder`` (SAM-2's ``ImageEncoder``), for ``nnUNet_sss_sam2_checkpoint``;
@@ -85,9 +89,30 @@ def _save(path: str, obj) -> None:
     write_atomically(path, lambda file: file.write(buffer.getvalue()))
 
 
-def export_pretrained(trainer, folder: str, record: dict) -> str:
-    """Write the weights file of the network's kind and ``pretraining.json``; returns the weights' path."""
+TRANSFERS = ('encoder', 'all')
+
+
+def is_decoder_key(key: str) -> bool:
+    """A tensor of nnU-Net's decoder proper (``decoder.encoder.*`` are the encoder's, shared)."""
+    return key.startswith('decoder.') and not key.startswith('decoder.encoder.')
+
+
+def with_fresh_decoder(trainer, weights: dict) -> dict:
+    """``weights`` with every decoder tensor replaced by that of a newly built network of the trainer's
+    (nnU-Net's initialisation)."""
+    fresh = innermost(trainer.build_network_architecture(
+        trainer.plans_manager, trainer.configuration_manager, trainer.num_input_channels,
+        trainer.num_input_channels, False)).state_dict()
+    return {k: (fresh[k] if is_decoder_key(k) else v) for k, v in weights.items()}
+
+
+def export_pretrained(trainer, folder: str, record: dict, transfer: str = 'encoder') -> str:
+    """Write the weights file of the network's kind and ``pretraining.json``; returns the weights' path.
+    ``transfer``: what of a CNN is pretrained in the file (module docstring); a SAM-2 file holds the image
+    encoder only."""
     network = innermost(trainer.network)
+    record = {**record, 'transferred': 'image encoder' if is_sam2_network(network) else
+              {'encoder': 'encoder (decoder: nnU-Net initialisation)', 'all': 'encoder and decoder'}[transfer]}
     if is_sam2_network(network):
         encoder = network.pretrained_encoder.state_dict()
         path = os.path.join(folder, SAM2_WEIGHTS)
@@ -95,6 +120,8 @@ def export_pretrained(trainer, folder: str, record: dict) -> str:
                      RECORD_KEY: record})
     else:
         weights = without_mask_token(network.state_dict())
+        if transfer == 'encoder':
+            weights = with_fresh_decoder(trainer, weights)
         path = os.path.join(folder, CNN_WEIGHTS)
         _save(path, {'network_weights': {k: v.detach().cpu().clone() for k, v in weights.items()},
                      RECORD_KEY: record})

@@ -241,7 +241,7 @@ def estimate_step(trainer_class, plans: dict, dataset_json: dict, configuration:
                   activation_checkpointing: Optional[bool] = None, k: Optional[float] = None,
                   device: str = 'meta') -> StepEstimate:
     """Saved-for-backward peak and state of one training step of ``trainer_class`` (module docstring).
-    ``split_backward`` / ``activation_checkpointing``: None = the trainer's own setting."""
+    ``split_backward`` / ``activation_checkpointing``: None = the trainer's own setting (on CUDA)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2_sss.networks.activation_checkpointing import set_activation_checkpointing
     from nnunetv2_sss.networks.passes import NetworkPasses
@@ -270,7 +270,8 @@ def estimate_step(trainer_class, plans: dict, dataset_json: dict, configuration:
         if objective.uses_teacher:
             trainer.teacher = make_teacher(network)
     if split_backward is None:
-        split_backward = bool(class_option(trainer_class, 'split_backward')) if semi else True
+        split_backward = class_option(trainer_class, 'split_backward') is not False if semi else True  # None: CUDA's
+    trainer.split_backward = split_backward
 
     patch = list(configuration_manager.patch_size)
     batch = configuration_manager.batch_size

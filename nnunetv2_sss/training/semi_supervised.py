@@ -40,7 +40,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2_sss.data.unlabeled_loader import UnlabeledDataLoader, UnlabeledImages
 from nnunetv2_sss.data.unlabeled_pool import require_unlabeled_sources
-from nnunetv2_sss.errors import UserRuntimeError
+from nnunetv2_sss.errors import UserRuntimeError, UserValueError
 from nnunetv2_sss.objectives.base import Objective
 from nnunetv2_sss.ssl.ema import ema_momentum, ema_update, make_teacher
 from nnunetv2_sss.ssl.views import strong_view_transforms, weak_view_transforms
@@ -55,7 +55,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     objective = Objective  # the method (nnunetv2_sss/objectives); subclasses name theirs
     option_defaults = {'gradient_clip_norm': 12.0,    # nnU-Net's clipping, per trained network
                        'replica_check_every': 50,     # iterations between teacher checksums across GPUs
-                       'split_backward': True}        # a backward pass per loss part (False: one, of the sum)
+                       'split_backward': None}        # a backward pass per loss part (False: one, of the
+                                                      # sum; None: split on CUDA, one backward elsewhere)
     # logger key -> legend; the objective's own figures are added
     base_figures = {'ssl_unlabeled_loss': 'unlabeled loss', 'ssl_confident_share': 'confident voxel share',
                     'ssl_unlabeled_weight': 'unlabeled loss weight'}
@@ -78,6 +79,13 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     def resolve_options(self) -> None:
         """The base's, then the objective built with the values of its options."""
         super().resolve_options()
+        if self.split_backward is None:  # memory is what the split buys: nnU-Net sizes its plans to a GPU's
+            self.split_backward = self.device.type == 'cuda'
+            self.print_to_log_file(f"split_backward: {self.split_backward} (default: a backward pass per loss "
+                                   f"part on CUDA, one backward of the sum on {self.device.type})")
+        elif not isinstance(self.split_backward, bool):
+            raise UserValueError(f"option split_backward={self.split_backward!r} of {type(self).__name__}: give "
+                                 f"True, False or None (None: True on CUDA, False elsewhere)")
         self.ssl_objective = self.objective(self, **{name: self.options[name].value
                                                      for name in declared_defaults(self.objective)})
         self.ssl_objective.check_configuration()

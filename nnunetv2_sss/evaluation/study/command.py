@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", nargs="+", default=None, metavar="T",
                         help="trainers of -tr that also run from a masked-image pretrained start (rows 'T+pretrained'): "
                              "nnUNetv2_sss_pretrain once per study and trainer on the images the runs see (training "
-                             "cases and unlabeled pool, never the test images), same schedule as the runs")
+                             "cases and unlabeled pool, never the test images), same schedule as the runs unless "
+                             "--pretrain-epochs")
+    parser.add_argument("--pretrain-epochs", type=int, default=None, metavar="E",
+                        help="epochs of the --pretrained pretraining (default: --epochs), --iterations each")
     parser.add_argument("--supervised", default=None,
                         help="the reference trainer (default: nnUNetTrainerPlugin if listed, else the first -tr)")
     parser.add_argument("--epochs", type=int, default=None, help="nnUNet_sss_num_epochs (default: trainer's)")

@@ -6,8 +6,8 @@ network first pretrained by masked image modelling (``nnUNetv2_sss_pretrain``) o
 - Pretraining: once per study and trainer, before the first such run, on the study's preprocessed data:
   the training cases' images and the unlabeled pool, labels never read, the test images
   (``imagesTs``, never preprocessed) never seen. Every split of the study sees these same images, so
-  every group starts from the same pretrained weights. Schedule: the study's ``--epochs`` /
-  ``--iterations`` (the runs' own), seed: the study's first seed. It is resumable: a finished
+  every group starts from the same pretrained weights. Schedule: ``--pretrain-epochs`` (default the
+  study's ``--epochs``) of ``--iterations`` (the runs' own), seed: the study's first seed. It is resumable: a finished
   pretraining (its weights file) is reused, an interrupted one continues (``--c``).
 - The start: nnU-Net's networks through ``nnUNetv2_train -pretrained_weights`` (the plugin brings the EMA
   teacher and CPS's second network along, ``training/pretrained_start.py``); SAM-2 networks through
@@ -71,10 +71,9 @@ def pretrain(out: str, dataset: str, trainer: str, args, env: dict, preprocessed
     interrupted = os.path.isfile(os.path.join(os.path.dirname(weights), "checkpoint_latest.pth"))
     command = ["nnUNetv2_sss_pretrain", "-d", dataset, "-c", args.c, "-tr", trainer, "-p", args.p,
                "-device", args.device] + (["--c"] if interrupted else [])
-    for option, flag in (("epochs", "--epochs"), ("iterations", "--iterations"),
-                         ("val_iterations", "--val-iterations")):
-        if getattr(args, option) is not None:
-            command += [flag, str(getattr(args, option))]
+    schedule = {"--epochs": args.pretrain_epochs if args.pretrain_epochs is not None else args.epochs,
+                "--iterations": args.iterations, "--val-iterations": args.val_iterations}
+    command += [str(part) for flag, value in schedule.items() if value is not None for part in (flag, value)]
     seconds = run_logged(command, {**env, "nnUNet_results": results, "nnUNet_preprocessed": preprocessed_root},
                          os.path.join(out, "pretraining", f"{trainer}.log"))
     return weights, seconds
