@@ -95,6 +95,18 @@ def test_summary_markdown_tables():
     assert f"| {SEMI} | 2 | 53.0 ± 5.4 | 55.0 ± 5.4 |" in text  # per-class Dice
 
 
+def test_summary_pairs_each_pretrained_row_with_its_trainer_from_scratch():
+    pretrained = SEMI + "+pretrained"
+    rows = _rows({(SUPERVISED, 2): SUPERVISED_DICE, (SEMI, 2): SEMI_DICE, (pretrained, 2): SUPERVISED_DICE})
+    text = summary_markdown(rows, [SUPERVISED, SEMI, pretrained], [2], list(range(5)), SUPERVISED, ["core", "rim"])
+    section = text.split("## Paired difference of the pretrained start")[1]
+    p = wilcoxon([-5.0, 2.0, -5.0, -10.0, -2.0]).pvalue  # supervised - semi, the reverse of the table above
+    assert f"| {pretrained} | 2 | -4.0 ± 4.4 | 1/5 | {p:.3g} |" in section
+    assert f"| {SEMI} |" not in section
+    assert "## Paired difference of the pretrained start" not in summary_markdown(
+        rows, [SUPERVISED, SEMI], [2], list(range(5)), SUPERVISED, ["core", "rim"])
+
+
 def test_plan_and_counts():
     assert parse_counts(["2", "all", "4"]) == [2, ALL, 4]
     runs = plan_runs(["A", "B"], [2, 4], [0, 1], "A", ceiling=True)

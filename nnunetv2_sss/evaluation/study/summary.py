@@ -1,13 +1,15 @@
 """The study's ``summary.md``: mean ± std over seeds per trainer and labeled count, the ceiling, paired
-differences to the supervised trainer (wins, Wilcoxon p) and the share of the gap to the ceiling closed."""
+differences to the supervised trainer (wins, Wilcoxon p), those of each pretrained row to its trainer from
+scratch, and the share of the gap to the ceiling closed."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
 from nnunetv2_sss.evaluation.statistics import gap_closed, mean_std, paired_comparison
 from nnunetv2_sss.evaluation.study.plan import ALL
+from nnunetv2_sss.evaluation.study.pretraining import is_pretrained, nnunet_trainer
 from nnunetv2_sss.evaluation.study.rows import values_by_seed
 
 
@@ -31,6 +33,23 @@ def _cell(stats: Dict[str, float], expected: int, digits: int = 1) -> str:
 
 def _signed(value: float, digits: int = 1) -> str:
     return "–" if not np.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def _paired_lines(rows: Sequence[dict], pairs: Sequence[Tuple[str, str]], counts: Sequence[int]) -> List[str]:
+    """Table lines ``| trainer | labeled | Δ Dice | wins | p |`` of each ``(trainer, reference)`` pair per
+    labeled count (paired by seed), and an empty line."""
+    lines = []
+    for n in counts:
+        for trainer, reference in pairs:
+            result = paired_comparison(values_by_seed(rows, trainer, n), values_by_seed(rows, reference, n))
+            if result["n"] == 0:
+                lines.append(f"| {trainer} | {n} | – | – | – |")
+                continue
+            delta = _signed(result["mean"]) + (f" ± {result['std']:.1f}" if np.isfinite(result["std"]) else "")
+            p = f"{result['p_wilcoxon']:.3g}" if np.isfinite(result["p_wilcoxon"]) else \
+                ("– (< 5 seeds)" if result["n"] < 5 else "– (all Δ = 0)")
+            lines.append(f"| {trainer} | {n} | {delta} | {result['wins']}/{result['n']} | {p} |")
+    return lines + [""]
 
 
 def summary_markdown(rows: Sequence[dict], trainers: Sequence[str], counts: Sequence[int], seeds: Sequence[int],
@@ -73,18 +92,13 @@ def summary_markdown(rows: Sequence[dict], trainers: Sequence[str], counts: Sequ
                   "Δ = trainer − supervised mean Dice (percentage points), mean ± std over seeds; wins = seeds where "
                   "Δ > 0; p = two-sided paired Wilcoxon signed-rank test (scipy.stats.wilcoxon), only with ≥ 5 seeds.",
                   "", "| trainer | labeled | Δ Dice | wins | Wilcoxon p |", "|---|---|---|---|---|"]
-        for n in counts:
-            reference = values_by_seed(rows, supervised, n)
-            for trainer in others:
-                result = paired_comparison(values_by_seed(rows, trainer, n), reference)
-                if result["n"] == 0:
-                    lines.append(f"| {trainer} | {n} | – | – | – |")
-                    continue
-                delta = _signed(result["mean"]) + (f" ± {result['std']:.1f}" if np.isfinite(result["std"]) else "")
-                p = f"{result['p_wilcoxon']:.3g}" if np.isfinite(result["p_wilcoxon"]) else \
-                    ("– (< 5 seeds)" if result["n"] < 5 else "– (all Δ = 0)")
-                lines.append(f"| {trainer} | {n} | {delta} | {result['wins']}/{result['n']} | {p} |")
-        lines.append("")
+        lines += _paired_lines(rows, [(trainer, supervised) for trainer in others], counts)
+        pretrained = [t for t in trainers if is_pretrained(t) and nnunet_trainer(t) in trainers]
+        if pretrained:
+            lines += ["## Paired difference of the pretrained start (same split, same seed)", "",
+                      "Δ = `T+pretrained` − `T` mean Dice (percentage points), as above.", "",
+                      "| trainer | labeled | Δ Dice | wins | Wilcoxon p |", "|---|---|---|---|---|"]
+            lines += _paired_lines(rows, [(t, nnunet_trainer(t)) for t in pretrained], counts)
         if ceiling_rows:
             ceiling = values_by_seed(rows, supervised, ALL)
             lines += [f"## Share of the gap to the ceiling closed", "",
