@@ -36,6 +36,8 @@ def count(trainer_name: str, configuration: str, steps: int, device: str) -> dic
     trainer = get_trainer_from_args("990", configuration, 0, trainer_name, "nnUNetPlans", False, torch.device(device))
     trainer.on_train_start()
     trainer.on_train_epoch_start()
+    if hasattr(trainer, "split_backward"):
+        trainer.split_backward = True  # the step as it runs on CUDA (the CPU's default is one backward)
     counts, by_call, reported = [], {}, []
     for step in range(steps + 1):
         batch = next(trainer.dataloader_train)

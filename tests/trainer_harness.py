@@ -174,6 +174,8 @@ def run_trainer(dataset: str, trainer_name: str, steps: int = DEFAULT_STEPS, con
         trainer.on_train_start()
         trainer.on_epoch_start()
         trainer.on_train_epoch_start()
+        if hasattr(trainer, "split_backward"):
+            trainer.split_backward = True  # the step as it runs on CUDA (the CPU's default is one backward)
         models = trainer_models(trainer)
         initial = {name: parameter_snapshot(model) for name, model in models.items()}
         for step in range(steps):
