@@ -10,7 +10,7 @@ volumes of 512 x 512 x 28-36 voxels, 0.45 x 0.45 mm in-plane, 5 mm slices (BHSD:
 about this geometry), a skull ring, brain, and one small lesion of one of 5 classes each (BHSD's 5
 haemorrhage types); only the geometry matters here. ``nnUNetv2_extract_fingerprint`` and
 ``nnUNetv2_plan_experiment`` (nnU-Net's default planner, 8 GB) make nnU-Net's plans; nothing is
-preprocessed. No GPU is used: every number is an estimate (README.md, "GPU memory").
+preprocessed. No GPU is used: every number is an estimate (docs/gpu_memory.md).
 """
 from __future__ import annotations
 
@@ -96,21 +96,24 @@ def main() -> None:
           f"{entry['median_image_size_in_voxels']}")
     reference = nnunet_reference_bytes(plans, dataset_json, configuration)
     k = calibrate(plans, dataset_json, configuration)
-    print(f"nnU-Net's own estimate for this plan: {reference / GiB:.2f} GiB of its 8 GB target; k = {k:.3f}\n")
-    print("| trainer | SAM-2 config | saved for backward, fp32 GiB | x nnUNetTrainer | state GiB | estimated GPU GiB "
-          "(k = %.2f) |\n|---|---|---|---|---|---|" % k)
+    print(f"nnU-Net's own estimate for this plan: {reference / GiB:.2f} GiB of its 8 GB target; k = {k:.3f}")
+    if "2d" in plans["configurations"]:
+        print(f"2d (patch {plans['configurations']['2d']['patch_size']}, batch "
+              f"{plans['configurations']['2d']['batch_size']}): k = {calibrate(plans, dataset_json, '2d'):.3f}")
+    print("\n| trainer | SAM-2 config | fp32 peak of the step GiB | x nnUNetTrainer | of it state GiB | peak reached in | "
+          "estimated GPU GiB (k = %.2f) |\n|---|---|---|---|---|---|---|" % k)
     base = None
     rows = [("nnUNetTrainer", None, None)]
     for config in args.sam2_configs:
-        rows += [("nnUNetTrainerSAM2", config, None), ("nnUNetTrainerSSS", config, None),
-                 ("nnUNetTrainerSSS", config, True)]
+        rows += [("nnUNetTrainerSAM2", config, None), ("nnUNetTrainerSAM2", config, True),
+                 ("nnUNetTrainerSSS", config, None), ("nnUNetTrainerSSS", config, True)]
     for trainer, config, checkpointing in rows:
         step = estimate_step(trainer_class_named(trainer), plans, dataset_json, configuration, sam2_config=config,
                              activation_checkpointing=checkpointing, k=k)
-        base = step.saved_bytes if base is None else base
+        base = step.peak_bytes if base is None else base
         name = trainer + (" + Hiera checkpointing" if checkpointing else "")
-        print(f"| {name} | {config or '-'} | {step.saved_bytes / GiB:.2f} | {step.saved_bytes / base:.2f} | "
-              f"{step.state_bytes / GiB:.2f} | {step.gpu_bytes / GiB:.1f} |", flush=True)
+        print(f"| {name} | {config or '-'} | {step.peak_bytes / GiB:.2f} | {step.peak_bytes / base:.2f} | "
+              f"{step.state_bytes / GiB:.2f} | {step.peak_phase} | {step.gpu_bytes / GiB:.1f} |", flush=True)
     print("\nnnUNetv2_sss_plan_memory (nnUNetTrainerSSS):\n")
     print("| GPU GB | SAM-2 config | Hiera checkpointing | patch | batch | estimated GPU GiB |\n|---|---|---|---|---|---|")
     for config in args.sam2_configs:

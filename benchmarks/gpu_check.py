@@ -18,7 +18,10 @@ Two parts, each in processes of their own, printed as Markdown tables:
    nnU-Net's own planner (``3d_fullres`` patch about 20 x 320 x 256, batch 2), trainers as ``nnUNetv2_train``
    builds them (``nnUNet_compile`` false / true), the trainers' own mixed precision. Per trainer: seconds
    per iteration (median of ``--steps`` after two warm-up steps, which include the compiles), peak GPU memory
-   (``torch.cuda.max_memory_allocated`` over all steps), graphs dynamo compiled
+   (``torch.cuda.max_memory_allocated`` over all steps), the peak of one more step three ways (the CUDA
+   allocator's ``max_memory_allocated`` from a reset just before it; the same step counted by the plugin's
+   ``LiveBytesTracker``, uncompiled runs only, plus the bytes allocated before it; the planner's GPU estimate,
+   ``training/memory_estimate.py``, for the trainer's plans), graphs dynamo compiled
    (``torch._dynamo.utils.counters``; after the warm-up the count must not grow), host syncs per step
    (the plugin's counter, and on CUDA what ``torch.cuda.set_sync_debug_mode`` reports; counted in one extra
    step, not a timed one) and whether every loss was finite. With compile on, by default only
@@ -203,7 +206,8 @@ def measure_trainer(dataset: str, name: str, configuration: str, steps: int, dev
         seconds = [step()[0] for _ in range(steps)]
         graphs_after_steps = counters["stats"]["unique_graphs"]
         syncs = step(count_syncs=not trainer._do_i_compile())[1]  # the counter's mode would re-trace compiled code
-        return {"seconds_per_iteration": statistics.median(seconds), "warm_up_seconds": sum(warm),
+        memory = step_peak(trainer, configuration, cuda)
+        return {**memory, "seconds_per_iteration": statistics.median(seconds), "warm_up_seconds": sum(warm),
                 "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
                 "graphs": graphs_after_steps, "graphs_after_warm_up": graphs_after_warm_up,
                 "host_syncs": syncs, "finite": all(math.isfinite(v) for v in losses),
@@ -212,6 +216,34 @@ def measure_trainer(dataset: str, name: str, configuration: str, steps: int, dev
                 "patch": list(trainer.configuration_manager.patch_size), "batch": trainer.batch_size}
     finally:
         _finish_loaders(trainer)
+
+
+def step_peak(trainer, configuration: str, cuda: bool) -> dict:
+    """GiB of one more training step: the allocator's peak (CUDA) and the plugin's tracker (uncompiled runs; the
+    bytes allocated before the step added) against the planner's estimate (issue 25)."""
+    import torch
+    from nnunetv2_sss.training.memory_estimate import estimate_step
+    from nnunetv2_sss.training.peak_memory import LiveBytesTracker
+    batch = next(trainer.dataloader_train)
+    if getattr(trainer, "dataloader_unlabeled", None) is not None:
+        batch["unlabeled"] = next(trainer.dataloader_unlabeled)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    before = torch.cuda.memory_allocated() if cuda else 0
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    tracked = not trainer._do_i_compile()
+    with LiveBytesTracker(trainer.device.type) if tracked else contextlib.nullcontext() as tracker:
+        trainer.train_step(batch)
+    if cuda:
+        torch.cuda.synchronize()
+    try:
+        estimate = estimate_step(type(trainer), trainer.plans_manager.plans, trainer.dataset_json, configuration,
+                                 sam2_config=os.environ.get("nnUNet_sss_sam2_config")).gpu_bytes / 2 ** 30
+    except Exception as error:  # noqa: BLE001 - e.g. CPS4, which the estimate does not run
+        estimate = f"{type(error).__name__}"
+    return {"step_allocator_gib": torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else None,
+            "step_tracker_gib": (before + tracker.peak) / 2 ** 30 if tracked else None, "step_estimate_gib": estimate}
 
 
 def speed_child(trainers: list, dataset: str, configuration: str, steps: int, device: str, out: str) -> None:
@@ -229,19 +261,26 @@ def speed_child(trainers: list, dataset: str, configuration: str, steps: int, de
 
 
 def speed_table(rows: list) -> str:
-    lines = ["| configuration | compile | trainer | patch x batch | s / iteration | warm-up s | peak GiB | graphs "
-             "(after warm-up) | host syncs / step (counter, torch) | finite | precision |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | compile | trainer | patch x batch | s / iteration | warm-up s | peak GiB | one step: "
+             "allocator GiB | tracker GiB | estimate GiB | graphs (after warm-up) | host syncs / step (counter, torch) "
+             "| finite | precision |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for configuration, compiled, name, r in rows:
         if "error" in r:
-            lines.append(f"| {configuration} | {compiled} | {name} | failed: {r['error'][:150]} | | | | | | | |")
+            lines.append(f"| {configuration} | {compiled} | {name} | failed: {r['error'][:150]} | | | | | | | | | | |")
             continue
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "(CPU)"
         syncs = "not counted (compiled)" if r["host_syncs"] is None else f"{r['host_syncs'][0]}, {r['host_syncs'][1]}"
         lines.append(f"| {configuration} | {compiled} | {name} | {'x'.join(map(str, r['patch']))} x {r['batch']} | "
-                     f"{r['seconds_per_iteration']:.3f} | {r['warm_up_seconds']:.1f} | {peak} | {r['graphs']} "
+                     f"{r['seconds_per_iteration']:.3f} | {r['warm_up_seconds']:.1f} | {peak} | "
+                     f"{gib(r['step_allocator_gib'])} | {gib(r['step_tracker_gib'])} | {gib(r['step_estimate_gib'])} | "
+                     f"{r['graphs']} "
                      f"({r['graphs_after_warm_up']}) | {syncs} | {r['finite']} | {r['precision']} |")
     return "\n".join(lines)
+
+
+def gib(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else ("-" if value is None else str(value))
 
 
 def child(command: list, env: dict, timeout: float) -> None:

@@ -14,7 +14,8 @@ labeled and unlabeled).
 The search follows nnU-Net's ``ExperimentPlanner.get_plans_for_configuration``:
 
 - start at nnU-Net's initial patch (the spacing's aspect ratio scaled to 256^3 voxels in 3-D, 2048^2 in 2-D,
-  clipped to the median image shape), rounded down to sizes the networks accept (below);
+  clipped to the median image shape), rounded up to sizes the networks accept (below), as nnU-Net pads it to
+  what its network's strides need: where the GPU has room, the patch is never smaller than nnU-Net's own;
 - while the estimate at the minimum batch size (2) exceeds the target, shrink the axis that is largest
   relative to the median image shape by one step;
 - then the largest batch size that fits, capped so that a batch covers at most 5 % of the dataset's voxels
@@ -22,7 +23,9 @@ The search follows nnU-Net's ``ExperimentPlanner.get_plans_for_configuration``:
 
 Accepted sizes: every axis a multiple of the product of the plans' pooling strides along it (so nnU-Net's
 own network of these plans still runs on the variant), in-plane axes of the SAM-2 network also a multiple of
-Hiera's total stride (no padding before the encoder). The estimate: ``training/memory_estimate.py``.
+Hiera's total stride (no padding before the encoder). The estimate (``training/memory_estimate.py``) is the
+peak of the whole training step: weights, optimizer state, EMA teacher, and the step's activations, gradients,
+recomputed checkpointed regions and temporaries alive at once.
 """
 from __future__ import annotations
 
@@ -48,9 +51,9 @@ class MemoryPlan:
     trainer: str
     patch_size: List[int]
     batch_size: int
-    gpu_bytes: float
-    saved_bytes: int
-    state_bytes: int
+    gpu_bytes: float   # the estimated GPU peak of a step
+    peak_bytes: int    # the fp32 peak of the step (what the CPU measures)
+    state_bytes: int   # weights, optimizer state, EMA teacher
     k: float
     sam2_config: Optional[str]
     activation_checkpointing: Optional[bool]
@@ -79,14 +82,15 @@ def axis_steps(configuration: dict, sam2_stride: Optional[int]) -> List[int]:
 
 
 def initial_patch(configuration: dict, steps: List[int]) -> List[int]:
-    """nnU-Net's initial patch size, rounded down to the accepted sizes (at least one step)."""
+    """nnU-Net's initial patch size (clipped to the median image shape), rounded up to the accepted sizes as
+    nnU-Net's ``pad_shape`` rounds it up to what its strides need."""
     spacing = np.array(configuration['spacing'], dtype=float)
     median = configuration['median_image_size_in_voxels']
     inverse = 1 / spacing
     volume = 256 ** 3 if len(spacing) == 3 else 2048 ** 2
     patch = [round(i) for i in inverse * (volume / np.prod(inverse)) ** (1 / len(spacing))]
     patch = [min(p, m) for p, m in zip(patch, median)]
-    return [max(step, int(p // step) * step) for p, step in zip(patch, steps)]
+    return [max(step, math.ceil(p / step) * step) for p, step in zip(patch, steps)]
 
 
 def plan_for_memory(plans: dict, dataset_json: dict, configuration: str, gpu_memory_gb: float,
@@ -139,7 +143,7 @@ def plan_for_memory(plans: dict, dataset_json: dict, configuration: str, gpu_mem
             step = candidate
             break
         batch -= 1
-    return MemoryPlan(configuration, trainer, [int(n) for n in patch], batch, step.gpu_bytes, step.saved_bytes,
+    return MemoryPlan(configuration, trainer, [int(n) for n in patch], batch, step.gpu_bytes, step.peak_bytes,
                       step.state_bytes, k, sam2_config, activation_checkpointing, tried)
 
 
@@ -157,8 +161,8 @@ def plans_variant(plans: dict, configuration: str, plan: MemoryPlan, plans_name:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Write a plans variant whose patch and batch size of one configuration fit a GPU memory target "
-                    "for a trainer (default nnUNetTrainerSSS), estimated from the step's bytes saved for backward "
-                    "(measured on the 'meta' device) and nnU-Net's own 8 GB reference (README: GPU memory).")
+                    "for a trainer (default nnUNetTrainerSSS), estimated from the peak of the trainer's whole training step "
+                    "(measured on the 'meta' device) and nnU-Net's own 8 GB reference (docs/gpu_memory.md).")
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("--gpu-memory", type=float, required=True, help="GPU memory target in GB (GiB)")
@@ -170,8 +174,9 @@ def main(argv=None) -> None:
     parser.add_argument("--activation-checkpointing", action="store_true",
                         help="estimate with the Hiera blocks checkpointed (train with a trainer whose "
                              "activation_checkpointing = True)")
-    parser.add_argument("--k", type=float, default=None, help="GPU bytes per fp32 saved byte (default: the README's "
-                                                              "calibration)")
+    parser.add_argument("--k", type=float, default=None, help="GPU bytes per fp32 byte of the step's activations, "
+                                                              "gradients and temporaries (default: the calibration on "
+                                                              "nnU-Net's reference, docs/gpu_memory.md)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan, write nothing")
     args = parser.parse_args(argv)
 

@@ -1,25 +1,29 @@
 """GPU memory of a trainer's training step for any patch and batch size, without a GPU.
 
-1. **Bytes saved for backward** (fp32), measured, not modelled: the trainer's own network (built by its
-   recipe for the configuration with the given patch size, moved to the ``meta`` device: shapes, no data)
-   runs the trainer's own objective (``loss_parts``: every forward pass of the step, the parts' backward
-   passes one after the other) on meta tensors of the batch's shapes, under
-   :class:`~nnunetv2_sss.training.memory.SavedTensorTracker`. Two substitutions, both without gradient or
-   without effect on the saved bytes: SSS's PCSW refinement of the pseudo-labels (the teacher, numpy; it saves
-   nothing) is left out, and its ground-truth prompts for the prompt head are ``max_prompts_per_step`` (16)
-   boxes (the most a step uses). Attention runs as on a GPU (flash attention: the saved bytes grow linearly
-   in tokens; on 'meta' PyTorch would fall back to the quadratic math kernel).
-2. **State**: weights (fp32), gradients, optimizer state (nnU-Net's SGD: momentum, 4 bytes per parameter;
-   the SAM-2 recipes' AdamW: 8 bytes) of every trained network, plus 4 bytes per parameter of an EMA teacher.
-3. **GPU bytes** = ``k * saved + state``. ``k`` converts fp32 saved bytes to what a mixed-precision GPU step
-   takes for activations, including gradients alive in backward, workspaces and the allocator's caching,
-   calibrated on nnU-Net's own reference: nnU-Net's planner sizes the plain U-Net's step so that
-   ``8 GB * E(patch) * batch / (ref_bs * ref_val)`` is its GPU memory (``static_estimate_VRAM_usage`` = E,
-   ``UNet_reference_val_3d`` 560e6 at batch 2, ``_2d`` 85e6 at batch 12, 8 GB). :func:`calibrate` measures
-   nnUNetTrainer's saved bytes at an nnU-Net plan and solves ``k = (reference - state) / saved``
-   (:data:`DEFAULT_K`: the values for the plans of the README's "GPU memory" section, per 2-D / 3-D).
+1. **The fp32 peak of the whole step**, measured, not modelled: the trainer's own network (built by its recipe
+   for the configuration with the given patch size on the ``meta`` device: shapes, no data), its EMA teacher,
+   its extra networks and its own optimiser (with the state it has after a first step) run the step as
+   ``train_step`` does on CUDA: the objective's loss parts (``loss_parts``: every forward pass of the step),
+   each part's backward pass before the next (``split_backward``), clipping, the optimiser's multi-tensor
+   update, the EMA update; :class:`~nnunetv2_sss.training.peak_memory.LiveBytesTracker` counts every storage the
+   step allocates until it is freed (activations, gradients of activations and weights, regions recomputed by
+   activation checkpointing, losses and softmax copies at full resolution, the teacher's no-grad pass,
+   temporaries of the optimiser). ``peak_bytes`` = ``state_bytes`` (weights and buffers of every network, the
+   optimiser's state) + ``step_bytes`` (the batch and the largest number of the step's bytes alive at once).
+   Two substitutions: SSS's PCSW refinement of the pseudo-labels (numpy, on the host) is left out, and its
+   ground-truth prompts for the prompt head are ``max_prompts_per_step`` (16) boxes (the most a step uses).
+   Attention runs as on a GPU (flash attention: linear in tokens; on 'meta' PyTorch would fall back to the
+   quadratic math kernel). Checked against the real step on the CPU (``peak_memory.measure_train_step``) in
+   ``tests/test_memory.py`` and ``benchmarks/bench_memory.py``.
+2. **GPU bytes** = ``state_bytes + k * step_bytes``: ``k`` converts the fp32 step to what a mixed-precision GPU
+   step takes (half-precision activations, the allocator's caching), calibrated on nnU-Net's own reference:
+   nnU-Net's planner sizes the plain U-Net's step so that ``8 GB * E(patch) * batch / (ref_bs * ref_val)`` is its
+   GPU memory (``static_estimate_VRAM_usage`` = E, ``UNet_reference_val_3d`` 560e6 at batch 2, ``_2d`` 85e6 at
+   batch 12, 8 GB). :func:`calibrate` estimates nnUNetTrainer's step at an nnU-Net plan and solves
+   ``k = (reference - state) / step`` (:data:`DEFAULT_K`: the values for the plans of docs/gpu_memory.md, per 2-D
+   / 3-D).
 
-No GPU was measured; the caveats are in README.md ("GPU memory").
+No GPU was measured; the caveats are in docs/gpu_memory.md.
 """
 from __future__ import annotations
 
@@ -32,16 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunetv2_sss.training.memory import SavedTensorTracker
 
 GiB = 2 ** 30
 # nnU-Net 2.8.1, ExperimentPlanner: what the plain U-Net's step is planned to fit into
 NNUNET_REFERENCE = {2: (85000000, 12), 3: (560000000, 2)}  # dims -> (UNet_reference_val, at batch size)
 NNUNET_REFERENCE_GB = 8  # UNet_reference_val_corresp_GB
-# k of the README's calibration (calibrate()): nnUNetTrainer at nnU-Net's own plans of the BHSD-like dataset
-# (benchmarks/bench_gpu_memory.py): 3d_fullres (patch 20 x 320 x 256, batch 2) 0.872, 2d (512 x 512, batch 12)
-# 0.960. nnU-Net's reference is 0.935 (3-D) times the plain U-Net's fp32 saved bytes at any patch of a plan.
-DEFAULT_K = {2: 0.96, 3: 0.87}
+# k of the calibration (calibrate()) on nnU-Net's own plans of the BHSD-like dataset of docs/gpu_memory.md
+# (benchmarks/bench_gpu_memory.py): 3d_fullres (patch 20 x 320 x 256, batch 2) 0.767, 2d (512 x 512, batch 12) 0.848.
+DEFAULT_K = {2: 0.85, 3: 0.77}
 
 
 def default_k(patch_size) -> float:
@@ -82,15 +84,22 @@ class StepEstimate:
     patch_size: List[int]
     batch_size: int
     unlabeled_batch_size: Optional[int]
-    saved_bytes: int                      # peak of bytes saved for backward alive at once (fp32)
-    parts: List[int]                      # per backward pass
-    state_bytes: int                      # weights, gradients, optimizer state, EMA teacher
+    state_bytes: int                      # weights, buffers, optimizer state, EMA teacher (fp32)
+    step_bytes: int                       # the batch and the step's live peak: activations, gradients, temporaries
+    peak_phase: str                       # where the step reaches its peak
     parameters: Dict[str, int] = field(default_factory=dict)
     k: float = DEFAULT_K[3]
 
     @property
+    def peak_bytes(self) -> int:
+        """The fp32 peak of the step: what :func:`~nnunetv2_sss.training.peak_memory.measure_train_step` measures
+        on the CPU."""
+        return self.state_bytes + self.step_bytes
+
+    @property
     def gpu_bytes(self) -> float:
-        return self.k * self.saved_bytes + self.state_bytes
+        """The estimated peak on a GPU under the trainer's mixed precision (``k``: module docstring)."""
+        return self.state_bytes + self.k * self.step_bytes
 
 
 class _Trainer:
@@ -105,6 +114,7 @@ class _Trainer:
         self.device = torch.device(device)
         self.is_ddp, self.local_rank, self.enable_deep_supervision = False, 0, True
         self.current_epoch, self.num_epochs, self.num_iterations_per_epoch, self.ssl_iteration = 0, 1000, 250, 0
+        self.initial_lr, self.weight_decay = 1e-2, 3e-5  # nnU-Net's (the optimiser's state does not depend on them)
         self.sss_seed, self.teacher, self.sam2_checkpoint = None, None, None
         self.network_recipe = trainer_class.recipe(**trainer_class.recipe_options()) \
             if hasattr(trainer_class, 'recipe_options') else None
@@ -228,25 +238,39 @@ def uses_sam2(trainer_class) -> bool:
     return isinstance(recipe, type) and issubclass(recipe, SAM2Recipe)
 
 
-def state_bytes(trainer_class, parameters: Dict[str, int], frozen_encoder: int = 0) -> int:
-    """Weights (fp32) of the trained networks and of the EMA teacher, gradients and optimizer state of the
-    trained parameters (nnU-Net's SGD: momentum, 4 bytes; the SAM-2 recipes' AdamW: 8 bytes)."""
-    optimizer = 8 if uses_sam2(trainer_class) else 4
-    trained = parameters.get('trained', 0)
-    return 4 * (trained + parameters.get('teacher', 0)) + (4 + optimizer) * (trained - frozen_encoder)
+def _optimizer(trainer_class, trainer: _Trainer, objective) -> torch.optim.Optimizer:
+    """The trainer's own optimiser (its recipe's, else nnU-Net's SGD; the objective's extra networks as more
+    parameter groups, as ``nnUNetTrainerSemiSupervised.initialize`` adds them), with its state as after a first
+    step (momentum; AdamW's moments), in its multi-tensor form as on CUDA (``peak_memory.use_foreach``)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2_sss.training.peak_memory import use_foreach
+    configured = trainer.network_recipe.configure_optimizers(trainer) if trainer.network_recipe is not None else None
+    optimizer = (configured or nnUNetTrainer.configure_optimizers(trainer))[0]
+    for module in (objective.trained_modules.values() if objective is not None else []):
+        optimizer.add_param_group({'params': list(module.parameters())})
+    use_foreach(optimizer)
+    parameters = [p for group in optimizer.param_groups for p in group['params'] if p.requires_grad]
+    for parameter in parameters:
+        parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer
 
 
 def estimate_step(trainer_class, plans: dict, dataset_json: dict, configuration: str, patch_size=None,
                   batch_size=None, *, sam2_config: Optional[str] = None, split_backward: Optional[bool] = None,
-                  activation_checkpointing: Optional[bool] = None, k: Optional[float] = None,
-                  device: str = 'meta') -> StepEstimate:
-    """Saved-for-backward peak and state of one training step of ``trainer_class`` (module docstring).
-    ``split_backward`` / ``activation_checkpointing``: None = the trainer's own setting (on CUDA)."""
+                  activation_checkpointing: Optional[bool] = None, dfe_checkpointing: Optional[bool] = None,
+                  k: Optional[float] = None, device: str = 'meta') -> StepEstimate:
+    """The fp32 peak of one training step of ``trainer_class`` and its GPU estimate (module docstring).
+    ``split_backward`` / ``activation_checkpointing`` / ``dfe_checkpointing``: None = the trainer's own setting
+    (on CUDA)."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2_sss.networks.activation_checkpointing import set_activation_checkpointing
+    from nnunetv2_sss.networks.activation_checkpointing import set_activation_checkpointing, set_dfe_checkpointing
     from nnunetv2_sss.networks.passes import NetworkPasses
-    from nnunetv2_sss.ssl.ema import make_teacher
+    from nnunetv2_sss.ssl.ema import ema_update, make_teacher
     from nnunetv2_sss.training.options import class_option
+    from nnunetv2_sss.training.peak_memory import (LiveBytesTracker, batch_tensors, resident_bytes,
+                                                   step_resident_bytes)
     from nnunetv2_sss.training.semi_supervised import nnUNetTrainerSemiSupervised
 
     sam2 = uses_sam2(trainer_class)
@@ -261,6 +285,8 @@ def estimate_step(trainer_class, plans: dict, dataset_json: dict, configuration:
         network = NetworkPasses(network)
     if activation_checkpointing is not None:
         set_activation_checkpointing(network, activation_checkpointing)
+    if dfe_checkpointing is not None:
+        set_dfe_checkpointing(network, dfe_checkpointing)
     trainer.network = network.train()
     trainer.loss = nnUNetTrainer._build_loss(trainer)
     semi = issubclass(trainer_class, nnUNetTrainerSemiSupervised)
@@ -272,6 +298,7 @@ def estimate_step(trainer_class, plans: dict, dataset_json: dict, configuration:
     if split_backward is None:
         split_backward = class_option(trainer_class, 'split_backward') is not False if semi else True  # None: CUDA's
     trainer.split_backward = split_backward
+    optimizer = _optimizer(trainer_class, trainer, objective)
 
     patch = list(configuration_manager.patch_size)
     batch = configuration_manager.batch_size
@@ -292,36 +319,40 @@ def estimate_step(trainer_class, plans: dict, dataset_json: dict, configuration:
                                               device=device)
 
     trained = [network, *(objective.trained_modules.values() if objective is not None else [])]
+    modules = [*trained, *([trainer.teacher] if trainer.teacher is not None else [])]
     parameters = {'trained': sum(p.numel() for m in trained for p in m.parameters()),
                   'teacher': sum(p.numel() for p in trainer.teacher.parameters()) if trainer.teacher is not None
                   else 0}
-    frozen = 0
-    if recipe_options.get('freeze_encoder'):
-        frozen = sum(p.numel() for p in network.pretrained_encoder.parameters())
-    parts: List[int] = []
-    tracker = SavedTensorTracker([network, trainer.teacher, *trained[1:]])
-    with flash_attention_everywhere(), tracker:
-        tracker.start_section()
+    state = step_resident_bytes(modules, optimizer, [])
+    inputs = resident_bytes(batch_tensors([data, target, unlabeled]))
+    with flash_attention_everywhere(), LiveBytesTracker(torch.device(device).type) as tracker:
+        tracker.set_phase('forward of loss part 1' if split_backward else 'forward')
         if objective is None:
             step_parts = iter([trainer.loss(network(data), target)])
         else:
             step_parts = (_part_sum(part, device) for part in objective.loss_parts(data, target, unlabeled))
         pending = []
-        for loss in step_parts:
+        for index, loss in enumerate(step_parts):
+            tracker.set_phase(f'backward of loss part {index + 1}' if split_backward else 'backward')
             if split_backward:
-                parts.append(tracker.start_section())
                 loss.backward()
-                tracker.end_backward()
             else:
                 pending.append(loss)
             del loss
+            tracker.set_phase(f'forward of loss part {index + 2}' if split_backward else 'forward')
         if pending:
-            parts.append(tracker.start_section())
+            tracker.set_phase('backward')
             torch.stack(pending).sum().backward()
-            tracker.end_backward()
         del pending
-    return StepEstimate(trainer_class.__name__, configuration, patch, batch, unlabeled_batch, tracker.peak, parts,
-                        state_bytes(trainer_class, parameters, frozen), parameters,
+        tracker.set_phase('optimizer step')
+        for module in trained:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 12.0)  # its buffers are one scalar per tensor
+        optimizer.step()
+        if trainer.teacher is not None:
+            tracker.set_phase('EMA update')
+            ema_update(trainer.teacher, network, 0.99)
+    return StepEstimate(trainer_class.__name__, configuration, patch, batch, unlabeled_batch, state,
+                        inputs + tracker.peak, tracker.peak_phase, parameters,
                         default_k(patch) if k is None else k)
 
 
@@ -354,4 +385,4 @@ def calibrate(plans: dict, dataset_json: dict, configuration: str) -> float:
     """``k`` such that nnUNetTrainer's estimate at the configuration's own plan equals nnU-Net's reference."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     step = estimate_step(nnUNetTrainer, plans, dataset_json, configuration)
-    return (nnunet_reference_bytes(plans, dataset_json, configuration) - step.state_bytes) / step.saved_bytes
+    return (nnunet_reference_bytes(plans, dataset_json, configuration) - step.state_bytes) / step.step_bytes
