@@ -265,16 +265,18 @@ def _trainer_environment(monkeypatch, dataset, sam2_config: str):
     return env
 
 
-def _measured(trainer_name: str, plans_identifier: str = "nnUNetPlans", checkpointing=(None,)):
-    """``(trainer, {checkpointing: StepPeak})``: the real trainer of the tiny dataset's 3d_fullres, one labeled and
-    one unlabeled batch, a first step (the optimiser's state), then the peak of a step as on CUDA
-    (``measure_train_step``) for each Hiera activation checkpointing setting (None: the trainer's own)."""
+def _measured(trainer_name: str, plans_identifier: str = "nnUNetPlans", settings=((None, None),),
+              configuration: str = "3d_fullres"):
+    """``(trainer, {setting: StepPeak})``: the real trainer of the tiny dataset, one labeled and one unlabeled batch,
+    a first step (the optimiser's state), then the peak of a step as on CUDA (``measure_train_step``) for each
+    ``(Hiera activation checkpointing, DFE checkpointing)`` setting (None: the trainer's own)."""
     from nnunetv2.run.run_training import get_trainer_from_args
-    from nnunetv2_sss.networks.activation_checkpointing import set_activation_checkpointing
+    from nnunetv2_sss.networks.activation_checkpointing import set_activation_checkpointing, set_dfe_checkpointing
     from nnunetv2_sss.networks.passes import unwrap
     from nnunetv2_sss.training.peak_memory import measure_train_step
     torch.manual_seed(0)
-    trainer = get_trainer_from_args("901", "3d_fullres", 0, trainer_name, plans_identifier, device=torch.device("cpu"))
+    trainer = get_trainer_from_args("901", configuration, 0, trainer_name, plans_identifier,
+                                    device=torch.device("cpu"))
     try:
         trainer.on_train_start()
         trainer.on_epoch_start()
@@ -283,9 +285,12 @@ def _measured(trainer_name: str, plans_identifier: str = "nnUNetPlans", checkpoi
         if hasattr(trainer, "compute_gradients"):
             batch["unlabeled"] = next(trainer.dataloader_unlabeled)
         peaks = {}
-        for setting in checkpointing:
-            if setting is not None:
-                set_activation_checkpointing(unwrap(trainer.network), setting)
+        for setting in settings:
+            checkpointing, dfe_checkpointing = setting
+            if checkpointing is not None:
+                set_activation_checkpointing(unwrap(trainer.network), checkpointing)
+            if dfe_checkpointing is not None:
+                set_dfe_checkpointing(unwrap(trainer.network), dfe_checkpointing)
             measure_train_step(trainer, dict(batch))
             peaks[setting] = measure_train_step(trainer, dict(batch))
         return trainer, peaks
@@ -316,25 +321,40 @@ def _estimated_trainers():
     return ["nnUNetTrainer"] + [name for name in stepped_trainer_names() if name != "nnUNetTrainerCPS4"]
 
 
-@pytest.mark.parametrize("trainer_name", _estimated_trainers())
-def test_estimate_follows_the_measured_peak_of_every_trainer(nnunet_dataset, monkeypatch, tiny_hiera, trainer_name):
+def _settings(trainer_name: str) -> list:
+    """(Hiera activation checkpointing, DFE checkpointing) settings to measure: the defaults, Hiera checkpointing
+    where the network has Hiera blocks, DFE checkpointing off where it has DFE."""
+    from nnunetv2_sss.training.memory_estimate import trainer_class_named, uses_sam2
+    trainer_class = trainer_class_named(trainer_name)
+    settings = [(False, None), (True, None)] if uses_sam2(trainer_class) else [(None, None)]
+    if uses_sam2(trainer_class) and trainer_class.recipe_options().get("use_dfe"):
+        settings.append((False, False))
+    return settings
+
+
+@pytest.mark.parametrize("configuration, trainer_name",
+                         [("3d_fullres", name) for name in _estimated_trainers()] +
+                         [("2d", name) for name in ("nnUNetTrainer", "nnUNetTrainerUniMatchV2", "nnUNetTrainerSSS")])
+def test_estimate_follows_the_measured_peak_of_every_trainer(nnunet_dataset, monkeypatch, tiny_hiera, configuration,
+                                                             trainer_name):
     """The planner's estimate of a step's peak ('meta' device) against the peak of the real trainer's step on the
-    CPU (same plans, patch and batch): within 10 %, with and without Hiera activation checkpointing where the
-    network has Hiera blocks (SSS's DFE checkpointing is its default, on)."""
-    from nnunetv2_sss.training.memory_estimate import estimate_step, uses_sam2
+    CPU (same plans, patch and batch): within 10 %, for the trainers' defaults, with Hiera activation
+    checkpointing where the network has Hiera blocks and without DFE checkpointing where it has DFE (3d_fullres:
+    every trainer; 2d: one of each kind)."""
+    from nnunetv2_sss.training.memory_estimate import estimate_step
     _trainer_environment(monkeypatch, nnunet_dataset, tiny_hiera)
-    from nnunetv2_sss.training.memory_estimate import trainer_class_named
-    settings = (False, True) if uses_sam2(trainer_class_named(trainer_name)) else (None,)
-    trainer, measured = _measured(trainer_name, checkpointing=settings)
+    settings = _settings(trainer_name) if configuration == "3d_fullres" else [(None, None)]
+    trainer, measured = _measured(trainer_name, settings=settings, configuration=configuration)
     plans, dataset_json = _plans_and_dataset_json(nnunet_dataset)
-    for setting, peak in measured.items():
-        estimate = estimate_step(type(trainer), plans, dataset_json, "3d_fullres", sam2_config=tiny_hiera,
-                                 activation_checkpointing=setting)
+    for (checkpointing, dfe_checkpointing), peak in measured.items():
+        estimate = estimate_step(type(trainer), plans, dataset_json, configuration, sam2_config=tiny_hiera,
+                                 activation_checkpointing=checkpointing, dfe_checkpointing=dfe_checkpointing)
         assert estimate.patch_size == list(trainer.configuration_manager.patch_size)
         assert estimate.batch_size == trainer.batch_size
-        print(f"{trainer_name} (Hiera checkpointing {setting}): measured {peak.peak} bytes (resident {peak.resident}), "
-              f"estimated {estimate.peak_bytes} (state {estimate.state_bytes}; peak in {estimate.peak_phase})")
-        assert abs(estimate.peak_bytes - peak.peak) <= 0.10 * peak.peak, (setting, estimate, peak)
+        print(f"{trainer_name} {configuration} (Hiera checkpointing {checkpointing}, DFE checkpointing "
+              f"{dfe_checkpointing}): measured {peak.peak} bytes (resident {peak.resident}), estimated "
+              f"{estimate.peak_bytes} (state {estimate.state_bytes}; peak in {estimate.peak_phase})")
+        assert abs(estimate.peak_bytes - peak.peak) <= 0.10 * peak.peak, (checkpointing, estimate, peak)
 
 
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainer", "nnUNetTrainerSSS"])
@@ -355,9 +375,10 @@ def test_estimate_follows_the_measured_peak_at_twice_the_voxels(nnunet_dataset, 
     peaks, estimates = [], []
     for identifier, variant in (("nnUNetPlans", plans), ("nnUNetPlans_2x", doubled)):
         trainer, measured = _measured(trainer_name, identifier)
+        peak = measured[(None, None)].peak
         estimate = estimate_step(type(trainer), variant, dataset_json, "3d_fullres", sam2_config=tiny_hiera)
-        assert abs(estimate.peak_bytes - measured[None].peak) <= 0.15 * measured[None].peak, (estimate, measured)
-        peaks.append(measured[None].peak)
+        assert abs(estimate.peak_bytes - peak) <= 0.15 * peak, (estimate, measured)
+        peaks.append(peak)
         estimates.append(estimate.peak_bytes)
     assert peaks[1] > 1.3 * peaks[0]
     assert estimates[1] / estimates[0] == pytest.approx(peaks[1] / peaks[0], rel=0.1)
@@ -418,7 +439,7 @@ def test_plan_memory_command_writes_a_variant_that_trains(nnunet_dataset, monkey
     assert len(estimates) >= 2 and estimates[0] > round(target, 2) >= estimates[-1]  # it shrank, the last one fits
     assert new["patch_size"] != first
     trainer, measured = _measured("nnUNetTrainerSSS", "nnUNetPlans_mem")
-    assert list(trainer.configuration_manager.patch_size) == new["patch_size"] and measured[None].peak > 0
+    assert list(trainer.configuration_manager.patch_size) == new["patch_size"] and measured[(None, None)].peak > 0
 
 
 def test_planner_starts_no_smaller_than_nnunets_patch():
