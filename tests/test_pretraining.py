@@ -62,6 +62,20 @@ def test_masked_voxels_get_the_token_and_their_target_is_the_unmasked_input():
     assert masked_mse(off, data, mask) == 0
 
 
+def test_record_paths_are_relative_to_nnunet_folders(monkeypatch, tmp_path):
+    """Folders in records: ``$<variable>/...`` inside nnU-Net's folders (the innermost one), else unchanged."""
+    from nnunetv2_sss.record_paths import record_path
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "pre" / "results"))
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    assert record_path(str(tmp_path / "pre" / "Dataset1_A" / "nnUNetPlans_2d")) == \
+        "$nnUNet_preprocessed/Dataset1_A/nnUNetPlans_2d"
+    assert record_path(str(tmp_path / "pre" / "results" / "Dataset1_A" / "x.pt")) == "$nnUNet_results/Dataset1_A/x.pt"
+    assert record_path(str(tmp_path / "pre")) == "$nnUNet_preprocessed"
+    assert record_path(str(tmp_path / "pre2" / "x")) == str(tmp_path / "pre2" / "x")  # a sibling, not inside
+    assert record_path("random") == "random"
+
+
 def test_total_stride_of_the_networks():
     from nnunetv2_sss.networks.sam2_unet import SAM2UNet
 
@@ -126,6 +140,9 @@ def test_pretraining_without_labels_then_resume(pretrained_cnn):
     assert record["dataset"] == "Dataset901_Tiny" and record["input_channels"] == 1 and record["mask_ratio"] == 0.6
     assert record["num_training_cases"] + record["num_validation_cases"] == 8 + 4  # imagesTr + unlabeled pool
     assert any(f.endswith("_unlabeled") for f in record["cases"]["training"])
+    # folders relative to nnUNet_preprocessed (no path of this machine), and the software that made it
+    assert all(f.startswith("$nnUNet_preprocessed/Dataset901_Tiny/nnUNetPlans_2d") for f in record["cases"]["training"])
+    assert record["software"].startswith("nnunetv2-sss ") and "nnunetv2 " in record["software"]
     # --c continued: the first two epochs are those of the first run, the third is new
     assert first["epochs_done"] == 2 and record["epochs_done"] == 3 and record["iterations"] == 9
     assert record["train_loss_per_epoch"][:2] == pytest.approx(first["train_loss_per_epoch"])

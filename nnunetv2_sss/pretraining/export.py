@@ -30,6 +30,8 @@ import torch
 from nnunetv2_sss.atomic_files import write_atomically, write_text_atomically
 from nnunetv2_sss.networks.sam2_checkpoint import IMAGE_ENCODER_PREFIX
 from nnunetv2_sss.pretraining.trainer import innermost, without_mask_token
+from nnunetv2_sss.record_paths import record_path
+from nnunetv2_sss.version import version_line
 
 CNN_WEIGHTS = "pretrained_weights.pth"
 SAM2_WEIGHTS = "sam2_image_encoder.pt"
@@ -75,11 +77,13 @@ def pretraining_record(trainer, dataset: str, plans: str, configuration: str, st
         'val_loss_per_epoch': [float(x) for x in trainer.logger.get_value('val_losses', step=None)],
         'seconds_per_epoch': epoch_seconds(trainer), 'device': str(trainer.device),
         'started': started, 'written': datetime.datetime.now().isoformat(timespec='seconds'),
+        'software': version_line(),
     }
     spec = getattr(trainer, 'sam2_spec', None)
     if spec is not None:
         record['sam2_config'] = spec.config
-        record['sam2_start'] = getattr(trainer, 'sam2_checkpoint', None)
+        start = getattr(trainer, 'sam2_checkpoint', None)
+        record['sam2_start'] = None if start is None else record_path(start)
     return record
 
 

@@ -8,6 +8,7 @@
 - atomic checkpoint files, ``checkpoint_latest.pth`` after every epoch
   (``nnUNet_sss_save_every``; nnU-Net's own cadence is 50 epochs), with the LR schedule and
   every random generator's state, so ``--c`` after a crash loses at most the running epoch;
+- the plugin's version (and nnU-Net's and torch's) in every training log, when the trainer is initialised;
 - ``nnUNet_sss_seed``: one number seeds Python, NumPy, torch, the trainer's own generators and the
   data-augmentation workers (``seed_everything``, ``training/seeding.py``);
 - extra checkpoint state through two hooks (``extra_checkpoint_state`` /
@@ -48,6 +49,7 @@ from nnunetv2_sss.training.ddp import cpu_ddp_wrapping, rank_seed
 from nnunetv2_sss.settings import seed as seed_setting
 from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer, \
     trainer_generators
+from nnunetv2_sss.version import version_line
 
 
 # methods through which nnU-Net (run_training.py) enters a trainer, plus on_train_start
@@ -220,6 +222,7 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         self.print_to_log_file(describe_seed(self.sss_seed))
 
     def initialize(self):
+        self.print_to_log_file(version_line())  # which plugin, nnU-Net and torch trained this fold
         self.resolve_options()
         self.seed_everything()
         self.network_recipe.before_initialize(self)
