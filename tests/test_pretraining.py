@@ -210,15 +210,21 @@ def test_reconstruction_loss_falls(pretrained_cnn, nnunet_dataset, monkeypatch, 
     assert pretrained < 0.9 * fresh, (fresh, pretrained)
 
 
-def test_cnn_output_starts_every_model(pretrained_cnn, nnunet_dataset, monkeypatch, tmp_path):
-    """nnU-Net's -pretrained_weights path (run_training's maybe_load_checkpoint, in this process): the student,
-    the EMA teacher and CPS's second network all hold the pretrained tensors (segmentation layers aside)."""
+@pytest.mark.parametrize("loader", ["with the plugin's check", "nnU-Net's own"])
+def test_cnn_output_starts_every_model(pretrained_cnn, nnunet_dataset, monkeypatch, tmp_path, loader):
+    """nnU-Net's -pretrained_weights path (run_training's maybe_load_checkpoint, then the trainer's on_train_start,
+    in this process): the student, the EMA teacher and CPS's second network all hold the pretrained tensors
+    (segmentation layers aside), with the plugin's wrap of maybe_load_checkpoint and with nnU-Net's function alone
+    (the models start through the trainer's own on_train_start; the wrap only checks the file)."""
     from nnunetv2.run import run_training as nnunet_run_training
     from nnunetv2_sss.networks.passes import unwrap
     folder, _, _ = pretrained_cnn
     path = str(folder / "pretrained_weights.pth")
     pretrained = torch.load(path, weights_only=False)["network_weights"]
     use_env(monkeypatch, nnunet_dataset.env(nnUNet_results=tmp_path))
+    maybe_load_checkpoint = nnunet_run_training.maybe_load_checkpoint
+    if loader == "nnU-Net's own":
+        maybe_load_checkpoint = maybe_load_checkpoint.__wrapped__
 
     def holds_pretrained(module) -> bool:
         state = unwrap(module).state_dict()
@@ -227,12 +233,16 @@ def test_cnn_output_starts_every_model(pretrained_cnn, nnunet_dataset, monkeypat
     for trainer_name in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerCPS"):
         trainer = nnunet_run_training.get_trainer_from_args(str(nnunet_dataset.dataset_id), "2d", 0, trainer_name,
                                                             device=torch.device("cpu"))
-        nnunet_run_training.maybe_load_checkpoint(trainer, False, False, path)
-        assert holds_pretrained(trainer.network), trainer_name
-        others = [trainer.teacher] if trainer.teacher is not None else []
-        others += list(trainer.ssl_objective.trained_modules.values())
-        assert others, trainer_name
-        assert all(holds_pretrained(m) for m in others), trainer_name
+        maybe_load_checkpoint(trainer, False, False, path)
+        trainer.on_train_start()
+        try:
+            assert holds_pretrained(trainer.network), trainer_name
+            others = [trainer.teacher] if trainer.teacher is not None else []
+            others += list(trainer.ssl_objective.trained_modules.values())
+            assert others, trainer_name
+            assert all(holds_pretrained(m) for m in others), trainer_name
+        finally:
+            trainer.on_train_end()
 
 
 def test_nnunet_train_starts_from_the_cnn_output(pretrained_cnn, nnunet_dataset, tmp_path):
@@ -244,7 +254,8 @@ def test_nnunet_train_starts_from_the_cnn_output(pretrained_cnn, nnunet_dataset,
     fold = tmp_path / nnunet_dataset.dataset_name / "nnUNetTrainerMeanTeacher__nnUNetPlans__2d" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
     log = log_of(fold)
-    assert f"Student network: loaded from {path}" in log and f"EMA teacher: a copy of the student loaded from {path}" in log
+    assert f"-pretrained_weights {path}: fits the network" in log and "EMA teacher: a copy of the student" in log
+    assert "nnunetv2-sss " in log  # the plugin's version in every training log
 
 
 def refused(monkeypatch, env, dataset_id, trainer, path) -> str:

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from nnunetv2_sss.atomic_files import write_atomically, write_text_atomically
+from nnunetv2_sss.networks.passes import innermost
 from nnunetv2_sss.networks.sam2_checkpoint import IMAGE_ENCODER_PREFIX
-from nnunetv2_sss.pretraining.trainer import innermost, without_mask_token
+from nnunetv2_sss.pretraining.trainer import without_mask_token
 from nnunetv2_sss.record_paths import record_path
 from nnunetv2_sss.version import version_line
 
