@@ -5,8 +5,8 @@
   segmentation layers, whose output channels are the input channels here). ``transfer='encoder'`` (the
   default) carries the pretrained encoder and the decoder of a freshly built network (nnU-Net's own
   initialisation), as masked-autoencoder pretraining hands on its encoder only: on the lesion benchmark the
-  reconstruction decoder made fine-tuning predict background throughout (README, "Pretrain on your own
-  unlabeled scans"); ``transfer='all'`` carries the pretrained decoder too;
+  reconstruction decoder made fine-tuning predict background throughout (docs/pretraining.md, "Why the
+  encoder only"); ``transfer='all'`` carries the pretrained decoder too;
 - the SAM-2 networks: ``sam2_image_encoder.pt`` = ``{'model': {'image_encoder.<key>': ...}, 'pretraining': ...}``,
   SAM-2's checkpoint format, the exact inverse of how ``networks/sam2_checkpoint.py`` maps a SAM-2 checkpoint
   onto the network's ``pretrained_encoder`` (SAM-2's ``ImageEncoder``), for ``nnUNet_sss_sam2_checkpoint``;

@@ -53,7 +53,7 @@ def self_train(dataset: str, configuration: str, folds: List[int], rounds: int =
     from nnunetv2_sss.selftraining.pseudo_label import make_pseudo_labels
     if rounds not in STUDENTS:
         raise UserValueError(f"--rounds {rounds}: 1 or 2 (a round 3 student is a subclass of nnUNetTrainerSelfTraining "
-                             f"with self_training_round = 3; see the README)")
+                             f"with self_training_round = 3; see docs/self_training.md)")
     name = dataset_name(dataset)
     results = join(nnunet_path(nnUNet_results), name)
     for fold in folds:
