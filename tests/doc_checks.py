@@ -4,7 +4,8 @@ Markdown file (or the files) and returns its problems as ``'<file>:<line>: <what
 - commands: every ``nnUNetv2_*`` command named in a fenced shell block (``bash``, ``sh``, ``shell``,
   ``console``) or at the start of an inline code span is a console script of the installed packages, and
   every option it is given is one of its ``argparse`` parser's option strings (exact, no prefix matching; a
-  value of an option with ``choices`` is one of them); ``make <target>`` names a target of the Makefile;
+  value of an option with ``choices`` is one of them); ``make <target>`` names a target of the Makefile, and
+  ``make demo DEMO_ARGS="..."`` gives the command behind the variable options it has;
   ``python benchmarks/<script>.py`` names a script whose parser takes the options;
 - trainer names ``nnUNetTrainer*``: nnU-Net's, the plugin's, or a class of a ``python`` block of the docs;
 - ``nnUNet_sss_*`` variables named in the docs;
@@ -219,6 +220,14 @@ def make_targets() -> Set[str]:
     return set(re.findall(r"^([\w.-]+)\s*:(?!=)", text, flags=re.M))
 
 
+@functools.lru_cache(maxsize=None)
+def make_variable_commands() -> Dict[str, str]:
+    """Makefile variables handed on as a command's arguments (``DEMO_ARGS`` -> ``nnUNetv2_sss_demo``)."""
+    text = (ROOT / "Makefile").read_text()
+    return {variable: command for command, variable in
+            re.findall(r"(nnUNetv2_\w+)[^\n]*\$\((\w+)\)\s*$", text, flags=re.M)}
+
+
 def _option_problems(where: str, program: str, parser: argparse.ArgumentParser,
                      words: Sequence[str]) -> List[str]:
     problems = []
@@ -245,9 +254,13 @@ def command_problems(where: str, words: List[str]) -> List[str]:
             return [f"{where}: {program} parses no options, but is given some"] if has_options else []
         return _option_problems(where, program, parser, words)
     if program == "make":
-        return [f"{where}: make {target}: no such target in the Makefile"
-                for target in words[1:] if not target.startswith("-") and "=" not in target
-                and target not in make_targets()]
+        problems = [f"{where}: make {target}: no such target in the Makefile"
+                    for target in words[1:] if not target.startswith("-") and "=" not in target
+                    and target not in make_targets()]
+        for variable, _, value in (word.partition("=") for word in words[1:] if "=" in word):
+            if variable in make_variable_commands():
+                problems += command_problems(where, [make_variable_commands()[variable], *words_of(value)])
+        return problems
     if re.match(r"^(\S*/)?python3?$", program) and len(words) > 1 and words[1].startswith("benchmarks/"):
         script = ROOT / words[1]
         if not script.is_file():

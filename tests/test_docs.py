@@ -39,6 +39,8 @@ def test_a_misspelt_option_is_named_with_its_file_and_line():
     ]
     assert check_commands("```sh\nnnUNetv2_sss_tarin -d 1\n```\n", "x.md") == [
         "x.md:2: nnUNetv2_sss_tarin is not a command of the installed packages"]
+    assert check_commands('```bash\nmake demos\nmake demo DEMO_ARGS="--tsk lesion"\n```\n', "x.md") == [
+        "x.md:2: make demos: no such target in the Makefile", "x.md:3: nnUNetv2_sss_demo has no option --tsk"]
 
 
 def test_placeholders_alternatives_substitutions_and_pipes_are_read_as_a_shell_would():
