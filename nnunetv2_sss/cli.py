@@ -1,21 +1,23 @@
 """The ``nnUNetv2_sss_*`` commands of the foundation (argument parsing only)."""
 from __future__ import annotations
 
-import argparse
 import os
 
 from nnunetv2_sss.errors import UserFileNotFoundError, dataset_json_of, dataset_name, nnunet_path, user_errors
+from nnunetv2_sss.version import command_parser
 
 
 def trainers_path_entry() -> None:
     """Print the folder to put into ``nnUNet_extTrainer``."""
+    command_parser(description="Print the folder of the plugin's trainers, for "
+                               "export nnUNet_extTrainer=$(nnUNetv2_sss_trainers_path).").parse_args()
     import nnunetv2_sss.trainers
     print(os.path.dirname(os.path.abspath(nnunetv2_sss.trainers.__file__)))
 
 
 @user_errors
 def preprocess_unlabeled_entry() -> None:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         description="Preprocess nnUNet_raw/DatasetXXX/imagesUnlabeled with the dataset's plans into "
                     "nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled.")
     parser.add_argument("-d", required=True, help="dataset name or id")
@@ -36,7 +38,7 @@ def preprocess_unlabeled_entry() -> None:
 
 @user_errors
 def check_images_entry() -> None:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         description="Check a folder of images before nnUNetv2_predict (or any other use): nnU-Net file names and "
                     "channels of the dataset's dataset.json, readable headers, channels of a case sharing their "
                     "geometry, complete voxel data (a truncated .nii.gz), no NaN/inf, no constant image. Prints "
@@ -59,7 +61,7 @@ def check_images_entry() -> None:
 
 @user_errors
 def make_splits_entry() -> None:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         description="Five-fold splits with only some training cases labeled: writes splits_final.json "
                     "(train = labeled cases) and splits_semi_supervised.json (labeled / unlabeled per fold).")
     parser.add_argument("-d", required=True, help="dataset name or id")
@@ -95,7 +97,7 @@ def make_splits_entry() -> None:
 
 @user_errors
 def make_demo_dataset_entry() -> None:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         description="Build a built-in dataset (pseudo-subjects deformed from the MNI152 template shipped with "
                     "nilearn) in nnUNet_raw: --task brain = grey/white matter (Dataset990_DemoBrain, the pipeline "
                     "demo), --task lesion = CT-like haemorrhage cores with oedema rims (Dataset991_DemoLesion, "

@@ -26,6 +26,7 @@ from nnunetv2_sss.errors import UserRuntimeError, UserValueError, user_errors
 from nnunetv2_sss.evaluation.study.processes import run_child
 from nnunetv2_sss.evaluation.study.rows import class_names_of, number
 from nnunetv2_sss.evaluation.study.trainers import trainer_classes, uses_sam2
+from nnunetv2_sss.version import command_parser
 
 SUPERVISED = "nnUNetTrainerPlugin"
 TASKS = {  # --task: (dataset id, dataset folder, what it is, default labeled count, counts for a study)
@@ -194,7 +195,7 @@ def run_demo(workdir: str, trainers: Sequence[str] = ("nnUNetTrainerSSS",), conf
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnUNetv2_sss_demo",
         description="End-to-end demo (CPU, about 15 minutes on 2 cores): builds a built-in dataset, runs "
                     "nnUNetv2_plan_and_preprocess and nnUNetv2_sss_preprocess_unlabeled, then trains the supervised "

@@ -29,7 +29,6 @@ recomputed checkpointed regions and temporaries alive at once.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from typing import List, Optional
 import numpy as np
 
 from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, user_errors
+from nnunetv2_sss.version import command_parser
 
 GB = 2 ** 30  # the target is read as GiB, as GPUs are sized
 MIN_BATCH_SIZE = 2          # nnU-Net's UNet_min_batch_size
@@ -159,7 +159,7 @@ def plans_variant(plans: dict, configuration: str, plan: MemoryPlan, plans_name:
 
 @user_errors
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         description="Write a plans variant whose patch and batch size of one configuration fit a GPU memory target "
                     "for a trainer (default nnUNetTrainerSSS), estimated from the peak of the trainer's whole training step "
                     "(measured on the 'meta' device) and nnU-Net's own 8 GB reference (docs/gpu_memory.md).")

@@ -1,18 +1,8 @@
 """Every ``nnUNet_sss_*`` environment variable of the plugin, read in one place.
 
-Trainers and commands never read ``os.environ`` themselves; they call the functions
-here, so the README's table of variables and this module stay the same list.
-
-| variable                              | meaning                                               |
-|---------------------------------------|-------------------------------------------------------|
-| nnUNet_sss_num_epochs                 | overrides ``num_epochs`` of every plugin trainer      |
-| nnUNet_sss_iterations_per_epoch       | overrides ``num_iterations_per_epoch``                |
-| nnUNet_sss_val_iterations_per_epoch   | overrides ``num_val_iterations_per_epoch``            |
-| nnUNet_sss_save_every                 | write ``checkpoint_latest.pth`` every N epochs (1)    |
-| nnUNet_sss_sam2_config                | SAM-2 config name or YAML file (``sam2.1_hiera_s``)   |
-| nnUNet_sss_sam2_checkpoint            | SAM-2 ``.pt`` file or ``random`` (needed to train)    |
-| nnUNet_sss_text_encoder               | local folder of a Hugging Face text encoder (CPS4)    |
-| nnUNet_sss_seed                       | seeds Python, NumPy, torch, DA workers, trainer RNGs  |
+Trainers and commands never read ``os.environ`` themselves; they call the functions here. The variables and
+what they do: docs/environment_variables.md (tests/test_docs.py checks that it lists exactly the variables
+named here).
 """
 from __future__ import annotations
 
@@ -29,6 +19,7 @@ SAM2_CONFIG = "nnUNet_sss_sam2_config"
 SAM2_CHECKPOINT = "nnUNet_sss_sam2_checkpoint"
 TEXT_ENCODER = "nnUNet_sss_text_encoder"
 SEED = "nnUNet_sss_seed"
+PSEUDO_LABEL_FOLDS = "nnUNet_sss_pseudo_label_folds"
 
 DEFAULT_SAM2_CONFIG = "sam2.1_hiera_s"
 DEFAULT_SAVE_EVERY = 1
@@ -120,3 +111,14 @@ def seed() -> Optional[int]:
         raise UserValueError(f"environment variable {SEED}={raw!r} must be between 0 and 2**32 - 1: set it to a "
                              f"whole number in that range or unset it")
     return value
+
+
+def pseudo_label_folds() -> list:
+    """The folds of the teacher ensemble whose pseudo-labels a self-training student reads (``'all'`` or
+    whole numbers); ``[]`` when unset or empty (the student's own fold)."""
+    raw = os.environ.get(PSEUDO_LABEL_FOLDS, "").split()
+    try:
+        return [f if f == 'all' else int(f) for f in raw]
+    except ValueError:
+        raise UserValueError(f"{PSEUDO_LABEL_FOLDS}={os.environ[PSEUDO_LABEL_FOLDS]!r}: give fold numbers, e.g. "
+                             f"'0 1 2 3 4'") from None

@@ -1,5 +1,5 @@
 """The lesion benchmark (``nnUNetv2_sss_make_demo_dataset --task lesion``) is what its docstring
-and the README say: layout, geometry, label model, intensities, determinism for ``--seed``."""
+and docs/demo.md say: layout, geometry, label model, intensities, determinism for ``--seed``."""
 from __future__ import annotations
 
 import json

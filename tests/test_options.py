@@ -72,6 +72,23 @@ def test_class_attributes_most_derived_wins_and_misspelt_ones_are_named():
     assert unknown_class_attributes(nnUNetTrainerSSS_noDFE, list(names) + ["use_dfe"]) == []
 
 
+def test_pseudo_label_folds_variable(monkeypatch):
+    """nnUNet_sss_pseudo_label_folds: unset or empty -> [] (the student's own fold); fold numbers or 'all';
+    anything else is a user error naming the variable."""
+    from nnunetv2_sss.errors import UserValueError
+    monkeypatch.delenv(settings.PSEUDO_LABEL_FOLDS, raising=False)
+    assert settings.pseudo_label_folds() == []
+    monkeypatch.setenv(settings.PSEUDO_LABEL_FOLDS, " ")
+    assert settings.pseudo_label_folds() == []
+    monkeypatch.setenv(settings.PSEUDO_LABEL_FOLDS, "0 1 2 3 4")
+    assert settings.pseudo_label_folds() == [0, 1, 2, 3, 4]
+    monkeypatch.setenv(settings.PSEUDO_LABEL_FOLDS, "all")
+    assert settings.pseudo_label_folds() == ["all"]
+    monkeypatch.setenv(settings.PSEUDO_LABEL_FOLDS, "0,1")
+    with pytest.raises(UserValueError, match="nnUNet_sss_pseudo_label_folds"):
+        settings.pseudo_label_folds()
+
+
 def test_recipe_options_come_from_the_class():
     assert nnUNetTrainerSSS.recipe_options()["use_dfe"] is True
     assert nnUNetTrainerSSS_noDFE.recipe_options()["use_dfe"] is False

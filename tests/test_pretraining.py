@@ -62,6 +62,20 @@ def test_masked_voxels_get_the_token_and_their_target_is_the_unmasked_input():
     assert masked_mse(off, data, mask) == 0
 
 
+def test_record_paths_are_relative_to_nnunet_folders(monkeypatch, tmp_path):
+    """Folders in records: ``$<variable>/...`` inside nnU-Net's folders (the innermost one), else unchanged."""
+    from nnunetv2_sss.record_paths import record_path
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path / "pre"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "pre" / "results"))
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    assert record_path(str(tmp_path / "pre" / "Dataset1_A" / "nnUNetPlans_2d")) == \
+        "$nnUNet_preprocessed/Dataset1_A/nnUNetPlans_2d"
+    assert record_path(str(tmp_path / "pre" / "results" / "Dataset1_A" / "x.pt")) == "$nnUNet_results/Dataset1_A/x.pt"
+    assert record_path(str(tmp_path / "pre")) == "$nnUNet_preprocessed"
+    assert record_path(str(tmp_path / "pre2" / "x")) == str(tmp_path / "pre2" / "x")  # a sibling, not inside
+    assert record_path("random") == "random"
+
+
 def test_total_stride_of_the_networks():
     from nnunetv2_sss.networks.sam2_unet import SAM2UNet
 
@@ -126,6 +140,9 @@ def test_pretraining_without_labels_then_resume(pretrained_cnn):
     assert record["dataset"] == "Dataset901_Tiny" and record["input_channels"] == 1 and record["mask_ratio"] == 0.6
     assert record["num_training_cases"] + record["num_validation_cases"] == 8 + 4  # imagesTr + unlabeled pool
     assert any(f.endswith("_unlabeled") for f in record["cases"]["training"])
+    # folders relative to nnUNet_preprocessed (no path of this machine), and the software that made it
+    assert all(f.startswith("$nnUNet_preprocessed/Dataset901_Tiny/nnUNetPlans_2d") for f in record["cases"]["training"])
+    assert record["software"].startswith("nnunetv2-sss ") and "nnunetv2 " in record["software"]
     # --c continued: the first two epochs are those of the first run, the third is new
     assert first["epochs_done"] == 2 and record["epochs_done"] == 3 and record["iterations"] == 9
     assert record["train_loss_per_epoch"][:2] == pytest.approx(first["train_loss_per_epoch"])
@@ -193,15 +210,21 @@ def test_reconstruction_loss_falls(pretrained_cnn, nnunet_dataset, monkeypatch, 
     assert pretrained < 0.9 * fresh, (fresh, pretrained)
 
 
-def test_cnn_output_starts_every_model(pretrained_cnn, nnunet_dataset, monkeypatch, tmp_path):
-    """nnU-Net's -pretrained_weights path (run_training's maybe_load_checkpoint, in this process): the student,
-    the EMA teacher and CPS's second network all hold the pretrained tensors (segmentation layers aside)."""
+@pytest.mark.parametrize("loader", ["with the plugin's check", "nnU-Net's own"])
+def test_cnn_output_starts_every_model(pretrained_cnn, nnunet_dataset, monkeypatch, tmp_path, loader):
+    """nnU-Net's -pretrained_weights path (run_training's maybe_load_checkpoint, then the trainer's on_train_start,
+    in this process): the student, the EMA teacher and CPS's second network all hold the pretrained tensors
+    (segmentation layers aside), with the plugin's wrap of maybe_load_checkpoint and with nnU-Net's function alone
+    (the models start through the trainer's own on_train_start; the wrap only checks the file)."""
     from nnunetv2.run import run_training as nnunet_run_training
     from nnunetv2_sss.networks.passes import unwrap
     folder, _, _ = pretrained_cnn
     path = str(folder / "pretrained_weights.pth")
     pretrained = torch.load(path, weights_only=False)["network_weights"]
     use_env(monkeypatch, nnunet_dataset.env(nnUNet_results=tmp_path))
+    maybe_load_checkpoint = nnunet_run_training.maybe_load_checkpoint
+    if loader == "nnU-Net's own":
+        maybe_load_checkpoint = maybe_load_checkpoint.__wrapped__
 
     def holds_pretrained(module) -> bool:
         state = unwrap(module).state_dict()
@@ -210,12 +233,16 @@ def test_cnn_output_starts_every_model(pretrained_cnn, nnunet_dataset, monkeypat
     for trainer_name in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerCPS"):
         trainer = nnunet_run_training.get_trainer_from_args(str(nnunet_dataset.dataset_id), "2d", 0, trainer_name,
                                                             device=torch.device("cpu"))
-        nnunet_run_training.maybe_load_checkpoint(trainer, False, False, path)
-        assert holds_pretrained(trainer.network), trainer_name
-        others = [trainer.teacher] if trainer.teacher is not None else []
-        others += list(trainer.ssl_objective.trained_modules.values())
-        assert others, trainer_name
-        assert all(holds_pretrained(m) for m in others), trainer_name
+        maybe_load_checkpoint(trainer, False, False, path)
+        trainer.on_train_start()
+        try:
+            assert holds_pretrained(trainer.network), trainer_name
+            others = [trainer.teacher] if trainer.teacher is not None else []
+            others += list(trainer.ssl_objective.trained_modules.values())
+            assert others, trainer_name
+            assert all(holds_pretrained(m) for m in others), trainer_name
+        finally:
+            trainer.on_train_end()
 
 
 def test_nnunet_train_starts_from_the_cnn_output(pretrained_cnn, nnunet_dataset, tmp_path):
@@ -227,7 +254,8 @@ def test_nnunet_train_starts_from_the_cnn_output(pretrained_cnn, nnunet_dataset,
     fold = tmp_path / nnunet_dataset.dataset_name / "nnUNetTrainerMeanTeacher__nnUNetPlans__2d" / "fold_0"
     assert (fold / "checkpoint_final.pth").is_file()
     log = log_of(fold)
-    assert f"Student network: loaded from {path}" in log and f"EMA teacher: a copy of the student loaded from {path}" in log
+    assert f"-pretrained_weights {path}: fits the network" in log and "EMA teacher: a copy of the student" in log
+    assert "nnunetv2-sss " in log  # the plugin's version in every training log
 
 
 def refused(monkeypatch, env, dataset_id, trainer, path) -> str:

@@ -11,7 +11,6 @@ computed once at the start. Length: ``num_epochs`` x ``iterations_per_epoch``, o
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import time
@@ -35,6 +34,7 @@ from nnunetv2_sss.cps4.vision import ViTConfig, load_vision_weights
 from nnunetv2_sss.devices import torch_device
 from nnunetv2_sss.errors import (UserFileNotFoundError, UserValueError, dataset_name as user_dataset_name,
                                  nnunet_path, user_errors)
+from nnunetv2_sss.version import command_parser
 
 LOG_FILE = "training_log.csv"
 ATTENTION_FOLDER = "attention_maps"
@@ -222,8 +222,8 @@ def run_stage1(dataset: str, configuration: str, fold: int, plans: str = "nnUNet
 @user_errors
 def main(argv=None) -> None:
     defaults = Stage1Options()
-    parser = argparse.ArgumentParser(description="CPS4 stage 1: class-prompt vision–language pretraining on the "
-                                                 "labeled cases of one fold (2-D).")
+    parser = command_parser(description="CPS4 stage 1: class-prompt vision–language pretraining on the "
+                                        "labeled cases of one fold (2-D).")
     parser.add_argument("-d", dest="dataset", required=True, help="dataset name or id")
     parser.add_argument("-c", dest="configuration", default="2d", help="a 2-D configuration (default 2d)")
     parser.add_argument("-f", dest="fold", type=int, required=True, help="fold")

@@ -23,7 +23,6 @@ both validate on the 10 validation patients. So ``nnUNetv2_train XXX 2d 0 -tr ..
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -34,6 +33,7 @@ from nnunetv2_sss.errors import UserFileExistsError, UserFileNotFoundError, User
 from nnunetv2_sss.data.conversion import (copy_image, copy_label, new_raw_dataset_folder, removed_on_error,
                                           require_files)
 from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE, group_by_regex
+from nnunetv2_sss.version import command_parser
 
 FILE_ENDING = ".nii.gz"
 LABELS = {"background": 0, "RV": 1, "MLV": 2, "LVC": 3}  # as nnU-Net's Dataset027_ACDC
@@ -136,7 +136,7 @@ def convert_acdc(acdc_folder: str, dataset_id: int, dataset_name: str = "ACDC",
 
 @user_errors
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_convert_acdc", description=__doc__.split("\n\n")[0])
+    parser = command_parser(prog="nnUNetv2_sss_convert_acdc", description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", required=True, help="extracted ACDC release (containing training/ or database/training/)")
     parser.add_argument("-d", type=int, required=True, help="nnU-Net dataset id of the output")
     parser.add_argument("--name", default="ACDC", help="dataset name (default ACDC)")

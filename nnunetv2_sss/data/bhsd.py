@@ -16,7 +16,6 @@ with ``--merge-foreground`` (the paper's Table 2 setting: all hemorrhage types a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from importlib import resources
@@ -28,6 +27,7 @@ from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2_sss.data.conversion import (copy_image, copy_label, new_raw_dataset_folder, relative_listing,
                                           removed_on_error, require_files, strip_suffixes)
 from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, user_errors
+from nnunetv2_sss.version import command_parser
 
 FILE_ENDING = ".nii.gz"
 SELECTION_FILE = "unlabeled_selection.json"
@@ -147,7 +147,7 @@ def convert_bhsd(release_folder: str, unlabeled_folder: Optional[str], dataset_i
 
 @user_errors
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_convert_bhsd", description=__doc__.split("\n\n")[0])
+    parser = command_parser(prog="nnUNetv2_sss_convert_bhsd", description=__doc__.split("\n\n")[0])
     parser.add_argument("-i", required=True, help="BHSD release folder (imagesTr/, labelsTr/, ...)")
     parser.add_argument("-u", default=None, help="folder of unlabeled BHSD volumes (*.nii.gz)")
     parser.add_argument("-d", type=int, required=True, help="nnU-Net dataset id of the output")

@@ -20,7 +20,6 @@ output json, ``references_without_prediction``). User errors (missing folders or
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import sys
@@ -33,6 +32,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 from nnunetv2_sss.data.image_checks import check_complete
 from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, dataset_json_of, user_errors
 from nnunetv2_sss.evaluation.metrics import METRIC_NAMES, binary_metrics
+from nnunetv2_sss.version import command_parser
 
 LabelOrRegion = Union[int, Tuple[int, ...]]
 DEFAULT_OUTPUT_NAME = "summary_sss.json"
@@ -254,7 +254,7 @@ def format_table(result: dict) -> str:
 def main(argv: Optional[List[str]] = None) -> None:
     from nnunetv2.configuration import default_num_processes
 
-    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_evaluate", description=__doc__.split("\n\n")[0])
+    parser = command_parser(prog="nnUNetv2_sss_evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("-ref", required=True, help="folder of reference segmentations")
     parser.add_argument("-pred", required=True, help="folder of predicted segmentations (same file names)")
     parser.add_argument("-d", required=True, help="dataset name or id (its dataset.json gives labels and reader)")

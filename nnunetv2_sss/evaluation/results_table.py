@@ -21,7 +21,6 @@ User errors (bad ``-d``, ``--test`` entries, no summaries) print one ``ERROR: ..
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserValueError, dataset_name, user_errors
 from nnunetv2_sss.evaluation.evaluate import DEFAULT_OUTPUT_NAME, load_summary, stats_of
 from nnunetv2_sss.evaluation.statistics import mean_std
+from nnunetv2_sss.version import command_parser
 
 TABLE_METRICS = (("Dice_pct", "Dice %"), ("Jaccard_pct", "Jaccard %"), ("HD95_vox", "95HD (vox)"),
                  ("ASD_vox", "ASD (vox)"), ("ASSD_vox", "ASSD (vox)"))
@@ -211,7 +211,7 @@ def collect_rows(dataset_name: str, configuration: str, trainers: Sequence[str],
 
 @user_errors
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_results", description=__doc__.split("\n\n")[0])
+    parser = command_parser(prog="nnUNetv2_sss_results", description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
     parser.add_argument("-tr", nargs="+", required=True, help="trainers, in table order")

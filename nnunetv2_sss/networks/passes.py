@@ -43,6 +43,12 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module
 
 
+def innermost(module: nn.Module) -> nn.Module:
+    """The network itself, behind DDP, ``torch.compile`` and :class:`NetworkPasses`."""
+    module = unwrap(module)
+    return module.network if isinstance(module, NetworkPasses) else module
+
+
 class NetworkPasses(nn.Module):
     # the network's own autocast dtype on CUDA ('fp16' / 'bf16', the recipe's option, set by the trainer's
     # build_network_architecture): re-entered when a caller autocasts on CUDA with another dtype (nnU-Net's

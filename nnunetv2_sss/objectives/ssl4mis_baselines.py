@@ -1,5 +1,5 @@
 """The SSL4MIS baselines' objectives (Mean Teacher, Entropy Minimisation, ICT, CPS), as the
-scripts of github.com/HiLab-git/SSL4MIS ``code/train_*_2D.py`` compute them (README,
+scripts of github.com/HiLab-git/SSL4MIS ``code/train_*_2D.py`` compute them (docs/trainers.md,
 "Baseline settings (SSL4MIS)").
 
 The unlabeled weight (:class:`SSL4MISObjective`): SSL4MIS trains 30000 iterations with

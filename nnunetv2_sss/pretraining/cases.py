@@ -20,6 +20,7 @@ import numpy as np
 
 from nnunetv2_sss.data.unlabeled_preprocessing import done_cases, unlabeled_folder
 from nnunetv2_sss.errors import UserRuntimeError
+from nnunetv2_sss.record_paths import record_path
 
 VALIDATION_SHARE = 0.05
 MIN_CASES_TO_HOLD_OUT = 5
@@ -38,9 +39,9 @@ class PretrainingCases:
         return sum(len(cases) for _, cases in getattr(self, which))
 
     def describe(self) -> dict:
-        """For ``pretraining.json``: case ids per folder."""
-        return {'training': {folder: cases for folder, cases in self.training},
-                'validation': {folder: cases for folder, cases in self.validation},
+        """For ``pretraining.json``: case ids per folder (``$nnUNet_preprocessed/...``, record_paths.py)."""
+        return {'training': {record_path(folder): cases for folder, cases in self.training},
+                'validation': {record_path(folder): cases for folder, cases in self.validation},
                 'validation_held_out': self.held_out}
 
 

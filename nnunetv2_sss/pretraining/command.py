@@ -25,13 +25,14 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 from nnunetv2_sss.errors import (UserFileExistsError, UserFileNotFoundError, UserRuntimeError, UserValueError,
                                  dataset_name, nnunet_path, user_errors)
 from nnunetv2_sss.pretraining.masking import DEFAULT_MASK_RATIO
+from nnunetv2_sss.version import command_parser
 
 COMMAND = "nnUNetv2_sss_pretrain"
 
 
 def parser() -> argparse.ArgumentParser:
     from nnunetv2_sss.pretraining.export import TRANSFERS
-    p = argparse.ArgumentParser(prog=COMMAND, description=(
+    p = command_parser(prog=COMMAND, description=(
         "Masked image modelling on every image of a dataset (imagesTr and the unlabeled pool; labels are never "
         "read) on the network a trainer builds; writes weights for nnUNetv2_train -pretrained_weights (nnU-Net's "
         "networks) or nnUNet_sss_sam2_checkpoint (SAM-2 networks)."))

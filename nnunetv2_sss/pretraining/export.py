@@ -5,8 +5,8 @@
   segmentation layers, whose output channels are the input channels here). ``transfer='encoder'`` (the
   default) carries the pretrained encoder and the decoder of a freshly built network (nnU-Net's own
   initialisation), as masked-autoencoder pretraining hands on its encoder only: on the lesion benchmark the
-  reconstruction decoder made fine-tuning predict background throughout (README, "Pretrain on your own
-  unlabeled scans"); ``transfer='all'`` carries the pretrained decoder too;
+  reconstruction decoder made fine-tuning predict background throughout (docs/pretraining.md, "Why the
+  encoder only"); ``transfer='all'`` carries the pretrained decoder too;
 - the SAM-2 networks: ``sam2_image_encoder.pt`` = ``{'model': {'image_encoder.<key>': ...}, 'pretraining': ...}``,
   SAM-2's checkpoint format, the exact inverse of how ``networks/sam2_checkpoint.py`` maps a SAM-2 checkpoint
   onto the network's ``pretrained_encoder`` (SAM-2's ``ImageEncoder``), for ``nnUNet_sss_sam2_checkpoint``;
@@ -28,8 +28,11 @@ import numpy as np
 import torch
 
 from nnunetv2_sss.atomic_files import write_atomically, write_text_atomically
+from nnunetv2_sss.networks.passes import innermost
 from nnunetv2_sss.networks.sam2_checkpoint import IMAGE_ENCODER_PREFIX
-from nnunetv2_sss.pretraining.trainer import innermost, without_mask_token
+from nnunetv2_sss.pretraining.trainer import without_mask_token
+from nnunetv2_sss.record_paths import record_path
+from nnunetv2_sss.version import version_line
 
 CNN_WEIGHTS = "pretrained_weights.pth"
 SAM2_WEIGHTS = "sam2_image_encoder.pt"
@@ -75,11 +78,13 @@ def pretraining_record(trainer, dataset: str, plans: str, configuration: str, st
         'val_loss_per_epoch': [float(x) for x in trainer.logger.get_value('val_losses', step=None)],
         'seconds_per_epoch': epoch_seconds(trainer), 'device': str(trainer.device),
         'started': started, 'written': datetime.datetime.now().isoformat(timespec='seconds'),
+        'software': version_line(),
     }
     spec = getattr(trainer, 'sam2_spec', None)
     if spec is not None:
         record['sam2_config'] = spec.config
-        record['sam2_start'] = getattr(trainer, 'sam2_checkpoint', None)
+        start = getattr(trainer, 'sam2_checkpoint', None)
+        record['sam2_start'] = None if start is None else record_path(start)
     return record
 
 

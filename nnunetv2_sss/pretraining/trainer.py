@@ -38,19 +38,16 @@ from torch import nn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2_sss.networks.passes import innermost
 from nnunetv2_sss.pretraining.masking import (DEFAULT_MASK_RATIO, block_mask, masked_input, masked_mse,
                                               total_stride)
+from nnunetv2_sss.training import options as trainer_options
+from nnunetv2_sss.training.base import nnUNetTrainerPlugin
+from nnunetv2_sss.training.semi_supervised import nnUNetTrainerSemiSupervised
 
 PREFIX = "Pretrain"
 MASK_TOKEN = "pretraining_mask_token"  # parameter of the network (checkpoints hold it; the exports do not)
 VALIDATION_MASK_SEED = 4242  # the validation masks of every epoch come from this seed
-
-
-def innermost(network: nn.Module) -> nn.Module:
-    """The network behind DDP / torch.compile / the plugin's ``NetworkPasses``."""
-    from nnunetv2_sss.networks.passes import NetworkPasses, unwrap
-    network = unwrap(network)
-    return network.network if isinstance(network, NetworkPasses) else network
 
 
 def attach_mask_token(network: nn.Module, channels: int) -> nn.Module:
@@ -230,7 +227,6 @@ class PretrainingMixin:
     def save_checkpoint(self, filename: str) -> None:
         """The trainer's checkpoint; nnU-Net's own trainers write it in place, so it goes to ``<file>.tmp``
         first and is moved onto ``filename`` (the plugin's trainers write atomically themselves)."""
-        from nnunetv2_sss.training.base import nnUNetTrainerPlugin
         if isinstance(self, nnUNetTrainerPlugin) or self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
         partial = filename + '.tmp'
@@ -246,8 +242,6 @@ class PretrainingMixin:
 
 def pretraining_trainer_class(trainer_class: type) -> type:
     """``Pretrain<name>``: :class:`PretrainingMixin` on top of ``trainer_class`` (module docstring)."""
-    from nnunetv2_sss.training import options as trainer_options
-    from nnunetv2_sss.training.semi_supervised import nnUNetTrainerSemiSupervised
     if not (isinstance(trainer_class, type) and issubclass(trainer_class, nnUNetTrainer)):
         raise TypeError(f"{trainer_class!r} is no nnU-Net trainer class")
     namespace = {'source_trainer': trainer_class, '__module__': __name__,
@@ -256,7 +250,6 @@ def pretraining_trainer_class(trainer_class: type) -> type:
     if issubclass(trainer_class, nnUNetTrainerSemiSupervised):
         # the plugin's supervised base with the same recipe and recipe / nnU-Net options: the semi-supervised
         # machinery (unlabeled loader, teacher, objective) is not part of pretraining
-        from nnunetv2_sss.training.base import nnUNetTrainerPlugin
         base = nnUNetTrainerPlugin
         names = set(trainer_options.declared_defaults(trainer_class.recipe)) | set(trainer_options.NNUNET_OPTIONS)
         namespace['recipe'] = trainer_class.recipe

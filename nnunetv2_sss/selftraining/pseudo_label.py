@@ -34,6 +34,7 @@ from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserVal
     user_errors
 from nnunetv2_sss.selftraining.pool import (PREPROCESSED, SEGMENTATIONS, Manifest, Teacher, complete_cases,
                                             pool_folder, with_ignore_label)
+from nnunetv2_sss.version import command_parser
 
 # plans entries that decide how a case is preprocessed: the teacher must have been trained on the same
 PREPROCESSING_KEYS = ("data_identifier", "spacing", "normalization_schemes", "use_mask_for_norm",
@@ -183,7 +184,7 @@ def make_pseudo_labels(dataset: str, configuration: str, teacher_trainer: str, f
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_pseudo_label", description=__doc__.split("\n\n")[0])
+    parser = command_parser(prog="nnUNetv2_sss_pseudo_label", description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-c", required=True, help="configuration (as the teacher's)")
     parser.add_argument("-tr", required=True, help="the teacher's trainer (a trained nnU-Net model)")

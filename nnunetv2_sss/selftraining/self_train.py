@@ -22,6 +22,7 @@ from typing import List
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, dataset_name, nnunet_path, user_errors
+from nnunetv2_sss.version import command_parser
 
 STUDENTS = {1: "nnUNetTrainerSelfTraining", 2: "nnUNetTrainerSelfTraining_round2"}
 
@@ -52,7 +53,7 @@ def self_train(dataset: str, configuration: str, folds: List[int], rounds: int =
     from nnunetv2_sss.selftraining.pseudo_label import make_pseudo_labels
     if rounds not in STUDENTS:
         raise UserValueError(f"--rounds {rounds}: 1 or 2 (a round 3 student is a subclass of nnUNetTrainerSelfTraining "
-                             f"with self_training_round = 3; see the README)")
+                             f"with self_training_round = 3; see docs/self_training.md)")
     name = dataset_name(dataset)
     results = join(nnunet_path(nnUNet_results), name)
     for fold in folds:
@@ -64,7 +65,7 @@ def self_train(dataset: str, configuration: str, folds: List[int], rounds: int =
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_self_train", description=__doc__.split("\n\n")[0])
+    parser = command_parser(prog="nnUNetv2_sss_self_train", description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-c", required=True, help="configuration")
     parser.add_argument("-f", nargs="+", type=int, required=True, help="folds")

@@ -1,6 +1,6 @@
 """The pieces of the SSL4MIS training scripts (github.com/HiLab-git/SSL4MIS, ``code/``) that the
 BHSD / ACDC baselines take over: the consistency ramp-up, Mean Teacher's input noise and the
-entropy-minimisation loss. Line references are to the files of that repository (README,
+entropy-minimisation loss. Line references are to the files of that repository (docs/trainers.md,
 section "Baseline settings (SSL4MIS)").
 """
 from __future__ import annotations

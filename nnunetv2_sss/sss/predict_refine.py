@@ -28,6 +28,7 @@ from nnunetv2_sss.errors import (UserFileNotFoundError, UserRuntimeError, UserVa
                                  nnunet_path, user_errors)
 from nnunetv2_sss.sss.pcsw import DEFAULT_TAU
 from nnunetv2_sss.sss.refinement import refine_slices
+from nnunetv2_sss.version import command_parser
 
 
 @torch.no_grad()
@@ -106,7 +107,7 @@ def predict_refine(cases: Dict[str, List[str]], output_folder: str, model_folder
 
 @user_errors
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = command_parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", required=True, help="input folder (nnU-Net naming, CASE_0000.ext)")
     parser.add_argument("-o", required=True, help="output folder of the refined segmentations")
     parser.add_argument("-d", required=True, help="dataset name or id")

@@ -8,6 +8,7 @@
 - atomic checkpoint files, ``checkpoint_latest.pth`` after every epoch
   (``nnUNet_sss_save_every``; nnU-Net's own cadence is 50 epochs), with the LR schedule and
   every random generator's state, so ``--c`` after a crash loses at most the running epoch;
+- the plugin's version (and nnU-Net's and torch's) in every training log, when the trainer is initialised;
 - ``nnUNet_sss_seed``: one number seeds Python, NumPy, torch, the trainer's own generators and the
   data-augmentation workers (``seed_everything``, ``training/seeding.py``);
 - extra checkpoint state through two hooks (``extra_checkpoint_state`` /
@@ -42,17 +43,19 @@ from nnunetv2_sss.networks.passes import unwrap
 from nnunetv2_sss.networks.recipes import PlainRecipe
 from nnunetv2_sss.training import options as trainer_options
 from nnunetv2_sss.training import precision as trainer_precision
+from nnunetv2_sss.training import pretrained_start
 from nnunetv2_sss.training.checkpoint_io import capture_rng_state, restore_rng_state, save_atomically
 from nnunetv2_sss.training.compilation import compile_network_parts, deferring_nnunet_compile
 from nnunetv2_sss.training.ddp import cpu_ddp_wrapping, rank_seed
 from nnunetv2_sss.settings import seed as seed_setting
 from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer, \
     trainer_generators
+from nnunetv2_sss.version import version_line
 
 
-# methods through which nnU-Net (run_training.py) enters a trainer, plus on_train_start
+# methods through which nnU-Net (run_training.py) enters a trainer, plus on_train_start and the -pretrained_weights check
 USER_ERROR_SEAMS = ('__init__', 'initialize', 'on_train_start', 'load_checkpoint', 'run_training',
-                    'perform_actual_validation')
+                    'perform_actual_validation', 'check_pretrained_weights')
 
 
 def first_new_folder(folder: Optional[str], stop: Optional[str]) -> Optional[str]:
@@ -220,6 +223,7 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         self.print_to_log_file(describe_seed(self.sss_seed))
 
     def initialize(self):
+        self.print_to_log_file(version_line())  # which plugin, nnU-Net and torch trained this fold
         self.resolve_options()
         self.seed_everything()
         self.network_recipe.before_initialize(self)
@@ -263,6 +267,14 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
     def perform_actual_validation(self, save_probabilities: bool = False):
         with self.precision.default_dtype():
             return super().perform_actual_validation(save_probabilities)
+
+    def check_pretrained_weights(self, path: str) -> None:
+        """``nnUNetv2_train -pretrained_weights FILE``: ``FILE`` against this trainer's network, before nnU-Net
+        loads it into the student (training/pretrained_start.py); a file that does not fit is one ``ERROR:`` line."""
+        if not self.was_initialized:
+            self.initialize()
+        pretrained_start.check_compatible(self, path)
+        self.print_to_log_file(f"-pretrained_weights {path}: fits the network; nnU-Net loads it into the student")
 
     # ---- hooks for subclasses -------------------------------------------------------------
     def exported_network_weights(self) -> dict:
@@ -371,7 +383,6 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
 for _name in USER_ERROR_SEAMS:
     setattr(nnUNetTrainerPlugin, _name, user_error_seam(getattr(nnUNetTrainerPlugin, _name)))
 
-# nnUNetv2_train -pretrained_weights: checked against the network, and every model of the trainer (EMA teacher,
-# the objective's extra networks) starts from it (training/pretrained_start.py)
-from nnunetv2_sss.training import pretrained_start as _pretrained_start  # noqa: E402
-_pretrained_start.install()
+# nnUNetv2_train -pretrained_weights: the file checked by check_pretrained_weights before nnU-Net loads it
+# (training/pretrained_start.py says why this needs a wrap of nnU-Net's maybe_load_checkpoint)
+pretrained_start.install()

@@ -1,25 +1,27 @@
-"""``nnUNetv2_train ... -pretrained_weights FILE`` for the plugin's trainers: checked first, and every model the
-trainer holds starts from it.
+"""``nnUNetv2_train ... -pretrained_weights FILE`` with the plugin's trainers.
 
-nnU-Net's ``run_training`` (``maybe_load_checkpoint``) initialises the trainer and then loads ``FILE`` into
-``trainer.network`` only (``nnunetv2.run.load_pretrained_weights``, every tensor but the segmentation
-layers). The semi-supervised trainers build their other models in ``initialize``, before that: the EMA
-teacher (a copy of the student) and the objective's extra trained modules (CPS's ``network_b``), which
-would keep their random start. :func:`install` (called once when the plugin's trainer base is imported,
-i.e. when nnU-Net has found a plugin trainer by name) wraps nnU-Net's ``maybe_load_checkpoint``; for a
-plugin trainer with ``-pretrained_weights`` it
+nnU-Net's ``run_training`` initialises the trainer, loads ``FILE`` into ``trainer.network`` only
+(``maybe_load_checkpoint`` -> ``nnunetv2.run.load_pretrained_weights``: every tensor but the segmentation
+layers) and then runs the training. The plugin adds two things:
 
-1. checks the file against the network (:func:`check_compatible`): a file that is no nnU-Net checkpoint (a
-   SAM-2 ``.pt`` belongs in ``nnUNet_sss_sam2_checkpoint``), another network class or number of input
-   channels (``pretraining`` record of ``nnUNetv2_sss_pretrain``), a missing tensor or another shape stop
-   the training with one ``ERROR: ...`` line naming the difference (nnU-Net's loader would fail with an
-   assertion and a traceback);
-2. runs nnU-Net's own loading (the student);
-3. brings every other model in line (:func:`start_every_model`): the EMA teacher becomes a copy of the
-   loaded student; every extra trained module of the objective is loaded from the same file with nnU-Net's
-   loader.
-
-Everything else (other trainers, ``--c``, ``--val``) goes to nnU-Net's function unchanged.
+1. **Every model starts from the loaded student** (:func:`start_from_student`, called by the semi-supervised
+   trainer's ``on_train_start``, before the first step). Those trainers build their other models in
+   ``initialize``, before nnU-Net loads the file: the EMA teacher (a copy of the student) and the objective's
+   extra trained modules (CPS's ``network_b``). When the student's weights changed between ``initialize`` and
+   the start of training (:func:`weights_fingerprint`) and no checkpoint was loaded (``--c`` restores every
+   model itself), the teacher becomes a copy of the student and every extra module takes the student's
+   tensors but its own segmentation layers: what nnU-Net's loader would have put into it from the same file.
+   This uses the trainer's own hooks only.
+2. **The file is checked before nnU-Net's loader sees it** (:func:`check_compatible`): a file that is no
+   nnU-Net checkpoint (a SAM-2 ``.pt`` belongs in ``nnUNet_sss_sam2_checkpoint``), another network class or
+   number of input channels (the ``pretraining`` record of ``nnUNetv2_sss_pretrain``), a missing tensor or
+   another shape stop the training with one ``ERROR: ...`` line naming the difference, where nnU-Net's loader
+   fails with an assertion and a traceback. This is the one thing that needs :func:`install`, a wrap of
+   nnU-Net's ``maybe_load_checkpoint``: nnU-Net never tells the trainer the file's path, and no trainer method
+   runs between its ``initialize`` and its loading. Without the wrap training still starts right (point 1);
+   only the one-line error is lost. It would go if nnU-Net loaded pretrained weights through a trainer method
+   (e.g. ``nnunet_trainer.load_pretrained_weights(path)`` called by ``maybe_load_checkpoint``), which a trainer
+   could override.
 """
 from __future__ import annotations
 
@@ -30,9 +32,10 @@ from typing import Optional
 import torch
 
 from nnunetv2_sss.errors import UserValueError
+from nnunetv2_sss.networks.passes import innermost, unwrap
 
 SKIPPED = ('.seg_layers.',)  # what nnU-Net's load_pretrained_weights leaves out
-_INSTALLED = '_sss_pretrained_start'
+_INSTALLED = '_sss_pretrained_weights_check'
 
 
 def _skipped(key: str) -> bool:
@@ -60,7 +63,6 @@ def read_checkpoint(path: str) -> dict:
 def check_compatible(trainer, path: str, checkpoint: Optional[dict] = None) -> None:
     """Raise a one-line :class:`UserValueError` naming the first difference between ``path`` and the network of
     ``trainer`` (network class, input channels, a tensor the network has and the file lacks, a shape)."""
-    from nnunetv2_sss.pretraining.trainer import innermost
     checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
     network = innermost(trainer.network)
     here = f"this run ({type(trainer).__name__}, {trainer.configuration_name}) builds {type(network).__name__} with " \
@@ -91,38 +93,37 @@ def check_compatible(trainer, path: str, checkpoint: Optional[dict] = None) -> N
                                  f"or number of input channels")
 
 
-def start_every_model(trainer, path: str) -> None:
-    """After nnU-Net loaded ``path`` into the student: the EMA teacher copies it, every extra trained module of
-    the objective loads ``path`` with nnU-Net's loader."""
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
-    from nnunetv2_sss.networks.passes import unwrap
-    teacher = getattr(trainer, 'teacher', None)
-    if teacher is not None:
-        teacher.load_state_dict(unwrap(trainer.network).state_dict())
-        trainer.print_to_log_file(f"EMA teacher: a copy of the student loaded from {path}")
-    objective = getattr(trainer, 'ssl_objective', None)
-    for name, module in (getattr(objective, 'trained_modules', None) or {}).items():
-        load_pretrained_weights(module, path)
-        trainer.print_to_log_file(f"{name}: loaded from {path} (nnU-Net's load_pretrained_weights)")
+@torch.no_grad()
+def weights_fingerprint(module: torch.nn.Module) -> torch.Tensor:
+    """The sum of every floating-point tensor of ``module``'s state dict: it changes when weights are loaded."""
+    return torch.stack([t.float().sum() for t in module.state_dict().values() if t.is_floating_point()])
 
 
-def load_pretrained_start(trainer, path: str, nnunet_maybe_load_checkpoint) -> None:
-    """Check, nnU-Net's loading of the student, then every other model (see the module docstring)."""
-    from nnunetv2_sss.errors import UserError
-    try:
-        if not trainer.was_initialized:
-            trainer.initialize()
-        check_compatible(trainer, path)
-    except UserError as error:
-        trainer.stop_on_user_error(error)
-    nnunet_maybe_load_checkpoint(trainer, False, False, path)
-    trainer.print_to_log_file(f"Student network: loaded from {path} (nnU-Net's load_pretrained_weights)")
-    start_every_model(trainer, path)
+@torch.no_grad()
+def start_from_student(trainer, fingerprint: Optional[torch.Tensor]) -> None:
+    """If the student's weights are no longer those of ``fingerprint`` (taken when the trainer was initialised;
+    ``None``: a checkpoint set every model), the EMA teacher copies the student and every extra trained module of
+    the objective takes the student's tensors but its own segmentation layers."""
+    student = unwrap(trainer.network)
+    if fingerprint is None or torch.equal(fingerprint, weights_fingerprint(student)):
+        return
+    state = student.state_dict()
+    if trainer.teacher is not None:
+        trainer.teacher.load_state_dict(state)
+        trainer.print_to_log_file("EMA teacher: a copy of the student, whose weights were loaded after the trainer "
+                                  "was initialised (-pretrained_weights)")
+    for name, module in trainer.ssl_objective.trained_modules.items():
+        module = unwrap(module)
+        own = module.state_dict()
+        module.load_state_dict({**own, **{k: v for k, v in state.items() if k in own and not _skipped(k)}})
+        trainer.print_to_log_file(f"{name}: the student's loaded weights but its own segmentation layers (what "
+                                  f"nnU-Net's load_pretrained_weights gives it from the same file)")
 
 
 def install() -> None:
     """Wrap ``nnunetv2.run.run_training.maybe_load_checkpoint`` (once), which nnU-Net's ``run_training`` and
-    ``run_ddp`` call as a module global after the trainer is built."""
+    ``run_ddp`` call as a module global after the trainer is built: with ``-pretrained_weights`` a trainer that
+    has ``check_pretrained_weights`` (the plugin's) checks the file first; then nnU-Net's function runs as is."""
     from nnunetv2.run import run_training as nnunet_run_training
     original = nnunet_run_training.maybe_load_checkpoint
     if getattr(original, _INSTALLED, False):
@@ -131,11 +132,10 @@ def install() -> None:
     @functools.wraps(original)
     def maybe_load_checkpoint(nnunet_trainer, continue_training: bool, validation_only: bool,
                               pretrained_weights_file: str = None):
-        from nnunetv2_sss.training.base import nnUNetTrainerPlugin
-        if pretrained_weights_file is None or continue_training or validation_only or \
-                not isinstance(nnunet_trainer, nnUNetTrainerPlugin):
-            return original(nnunet_trainer, continue_training, validation_only, pretrained_weights_file)
-        return load_pretrained_start(nnunet_trainer, pretrained_weights_file, original)
+        check = getattr(nnunet_trainer, 'check_pretrained_weights', None)
+        if pretrained_weights_file is not None and not (continue_training or validation_only) and check is not None:
+            check(pretrained_weights_file)
+        return original(nnunet_trainer, continue_training, validation_only, pretrained_weights_file)
 
     setattr(maybe_load_checkpoint, _INSTALLED, True)
     nnunet_run_training.maybe_load_checkpoint = maybe_load_checkpoint

@@ -16,7 +16,7 @@ network is built, and seeds the data-augmentation workers before they start:
   fork): each worker gets ``(seed, loader name, worker index, epoch at start)``.
 
 With ``nnUNet_n_proc_DA=0`` (loading in the training process) a CPU training is then repeatable
-bit for bit. What stays nondeterministic is listed in the README (environment variables).
+bit for bit. What stays nondeterministic is listed in docs/environment_variables.md.
 Unset, nothing is seeded (nnU-Net's behaviour).
 """
 from __future__ import annotations

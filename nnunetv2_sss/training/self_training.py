@@ -19,20 +19,16 @@ the pool is missing, incomplete, or older than its teacher's checkpoint.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import join
 
-from nnunetv2_sss.errors import UserValueError
+from nnunetv2_sss import settings
 from nnunetv2_sss.selftraining.pool import PREPROCESSED, folds_name, pool_folder, require_complete_pool, \
     with_ignore_label
 from nnunetv2_sss.selftraining.student_data import AnnotatedEverywhere, MixedDataset, pseudo_per_batch, \
     stratified_training_loader
 from nnunetv2_sss.training.base import nnUNetTrainerPlugin
-
-PSEUDO_LABEL_FOLDS = "nnUNet_sss_pseudo_label_folds"
 
 
 class nnUNetTrainerSelfTraining(nnUNetTrainerPlugin):
@@ -49,12 +45,7 @@ class nnUNetTrainerSelfTraining(nnUNetTrainerPlugin):
     # ---- the pool ---------------------------------------------------------------------------------------
     def teacher_folds(self) -> list:
         """The fold's own model, or the folds of ``nnUNet_sss_pseudo_label_folds``."""
-        raw = os.environ.get(PSEUDO_LABEL_FOLDS, "").split()
-        try:
-            return [f if f == 'all' else int(f) for f in raw] or [self.fold]
-        except ValueError:
-            raise UserValueError(f"{PSEUDO_LABEL_FOLDS}={os.environ[PSEUDO_LABEL_FOLDS]!r}: give fold numbers, e.g. "
-                                 f"'0 1 2 3 4'") from None
+        return settings.pseudo_label_folds() or [self.fold]
 
     def pool(self) -> str:
         return pool_folder(self.preprocessed_dataset_folder_base, self.configuration_manager.data_identifier,

@@ -47,6 +47,7 @@ from nnunetv2_sss.ssl.views import strong_view_transforms, weak_view_transforms
 from nnunetv2_sss.training.base import nnUNetTrainerPlugin, unwrap
 from nnunetv2_sss.training.ddp import check_replicas_equal, wrap_for_ddp
 from nnunetv2_sss.training.options import declared_defaults
+from nnunetv2_sss.training.pretrained_start import start_from_student, weights_fingerprint
 from nnunetv2_sss.training.progress import SemiSupervisedLocalLogger
 from nnunetv2_sss.training.step import all_finite, average_gradients, local_gradients, scalars_of
 
@@ -67,6 +68,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
         self.teacher = None
         self.ssl_objective = None  # -> initialize (built with its resolved options)
         self.ssl_iteration = 0
+        self.student_fingerprint = None  # -> initialize (training/pretrained_start.py)
         self.skipped_steps = 0  # this epoch's steps without an EMA update (GradScaler skip, non-finite weights)
         self.dataloader_unlabeled = None
         self.ssl_figures = {**self.base_figures, **self.objective.figures}
@@ -99,6 +101,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
             self.optimizer.add_param_group({'params': list(module.parameters())})
         if objective.uses_teacher:
             self.teacher = make_teacher(unwrap(self.network))
+        # the student as the other models copied it: on_train_start sees whether it was loaded since
+        self.student_fingerprint = weights_fingerprint(unwrap(self.network))
 
     @property
     def exports_teacher(self) -> bool:
@@ -136,6 +140,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
+        # -pretrained_weights: nnU-Net loaded the student only; the other models start from it (pretrained_start.py)
+        start_from_student(self, self.student_fingerprint)
         self.unlabeled_sources()  # fail before nnU-Net starts its workers
         self.ssl_objective.before_training()
         super().on_train_start()
@@ -361,3 +367,4 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainerPlugin):
             unwrap(module).load_state_dict(checkpoint[f'{name}_weights'])
         self.ssl_objective.load_checkpoint_state(checkpoint)
         self.ssl_iteration = checkpoint.get('ssl_iteration', 0)
+        self.student_fingerprint = None  # every model came from the checkpoint

@@ -23,7 +23,7 @@ class nnUNetTrainerSAM2(nnUNetTrainerPlugin):
     recipe = SAM2Recipe
 
 
-# ---- the SSL4MIS baselines (README, "Baseline settings (SSL4MIS)") -------------------------------------
+# ---- the SSL4MIS baselines (docs/trainers.md, "Baseline settings (SSL4MIS)") ----------------------------
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     objective = MeanTeacherObjective
 
