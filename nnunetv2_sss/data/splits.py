@@ -8,6 +8,7 @@ semi-supervised trainers read only the images of ``unlabeled`` cases, never thei
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Callable, Dict, List, Optional, Sequence
@@ -108,3 +109,42 @@ def hidden_label_cases(preprocessed_dataset_folder: str, fold) -> List[str]:
         raise UserValueError(f"{path} defines folds 0..{len(splits) - 1}; fold {fold!r} would read the labels of "
                              f"cases that are meant to be unlabeled: train one of folds 0..{len(splits) - 1}.")
     return list(splits[int(fold)]["unlabeled"])
+
+
+def label_cases(preprocessed_dataset_folder: str, cases: Sequence[str], folds: Optional[Sequence[int]] = None) -> List[int]:
+    """Make ``cases`` labeled training cases in the split files (those present): ``folds`` None, new cases
+    (labels of ``imagesUnlabeled`` scans), join every fold's training set; else cases the semi-supervised
+    split hides in ``folds`` move from ``unlabeled`` to ``labeled`` there. No validation set changes.
+    Idempotent (a case labeled already stays so). Returns the folds whose training set changed."""
+    from nnunetv2_sss.atomic_files import write_text_atomically
+    final_file = join(preprocessed_dataset_folder, "splits_final.json")
+    semi_file = join(preprocessed_dataset_folder, SEMI_SUPERVISED_SPLITS_FILE)
+    final = load_json(final_file) if isfile(final_file) else None
+    semi = load_json(semi_file) if isfile(semi_file) else None
+    if folds is not None and semi is None:
+        raise UserValueError(f"{semi_file} not found: no fold hides labels, there is nothing to reveal")
+    chosen = range(len(final if final is not None else semi or [])) if folds is None else [int(f) for f in folds]
+    changed = []
+    for fold in chosen:
+        if semi is not None and not 0 <= fold < len(semi):
+            raise UserValueError(f"{semi_file} defines folds 0..{len(semi) - 1}, not fold {fold}")
+        for case in cases:
+            if final is not None and case in final[fold]["val"]:
+                raise UserValueError(f"{final_file}: {case} is a validation case of fold {fold}; it cannot become a "
+                                     f"training case there without changing the fold's validation set")
+            if folds is not None and case not in semi[fold]["unlabeled"] + semi[fold]["labeled"]:
+                raise UserValueError(f"{semi_file}: {case} is not a training case of fold {fold} whose label is "
+                                     f"hidden; only those can be revealed")
+        new = [case for case in cases if (final is not None and case not in final[fold]["train"]) or
+               (semi is not None and case not in semi[fold]["labeled"])]
+        if new:
+            changed.append(fold)
+        if final is not None:
+            final[fold]["train"] = sorted(set(final[fold]["train"]) | set(cases))
+        if semi is not None:
+            semi[fold]["labeled"] = sorted(set(semi[fold]["labeled"]) | set(cases))
+            semi[fold]["unlabeled"] = [case for case in semi[fold]["unlabeled"] if case not in set(cases)]
+    for path, content in ((final_file, final), (semi_file, semi)):
+        if content is not None:
+            write_text_atomically(path, json.dumps(content, indent=4))
+    return changed

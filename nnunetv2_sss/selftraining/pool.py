@@ -19,20 +19,20 @@ The labeled data are never written to: the pool is a folder of its own.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
 from nnunetv2_sss.atomic_files import write_text_atomically
 from nnunetv2_sss.checksums import sha256_of_file
 from nnunetv2_sss.errors import UserRuntimeError
+from nnunetv2_sss.trained_model import TrainedModel
 
 POOLS_FOLDER = "pseudo_labels"
 MANIFEST = "pseudo_labels.json"
 PREPROCESSED = "preprocessed"
 SEGMENTATIONS = "segmentations"
-IGNORE = "ignore"
 
 
 def folds_name(folds: Sequence) -> str:
@@ -44,39 +44,12 @@ def pool_folder(preprocessed_base: str, data_identifier: str, round_: int, folds
     return join(preprocessed_base, POOLS_FOLDER, f"{data_identifier}__round{round_}__folds{folds_name(folds)}")
 
 
-def with_ignore_label(dataset_json: dict) -> dict:
-    """A copy of ``dataset_json`` whose labels include nnU-Net's ignore label (the highest label + 1), as
-    the student trains with it; unchanged if it has one."""
-    labels = dict(dataset_json["labels"])
-    if IGNORE not in labels:
-        values = [v for value in labels.values() for v in (value if isinstance(value, (list, tuple)) else [value])]
-        labels[IGNORE] = int(max(values)) + 1
-    return {**dataset_json, "labels": labels}
-
-
-@dataclass
-class Teacher:
-    """The model that made the pseudo-labels: ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>``."""
-    trainer: str
-    plans: str
-    configuration: str
-    folds: List
-    checkpoint: str
-    checkpoints_sha256: Dict[str, str] = field(default_factory=dict)  # fold -> SHA-256 of its checkpoint
-
-    def folder(self, results_base: str) -> str:
-        return join(results_base, f"{self.trainer}__{self.plans}__{self.configuration}")
-
-    def checkpoint_files(self, results_base: str) -> Dict[str, str]:
-        return {str(f): join(self.folder(results_base), f"fold_{f}", self.checkpoint) for f in self.folds}
-
-
 @dataclass
 class Manifest:
     dataset: str
     data_identifier: str
     round: int
-    teacher: Teacher
+    teacher: TrainedModel
     min_confidence: float
     ignore_label: int
     use_mirroring: bool
@@ -89,7 +62,7 @@ class Manifest:
         if not os.path.isfile(path):
             return None
         content = load_json(path)
-        return Manifest(**{**content, "teacher": Teacher(**content["teacher"])})
+        return Manifest(**{**content, "teacher": TrainedModel(**content["teacher"])})
 
     def write(self, folder: str) -> None:
         import json
@@ -134,3 +107,20 @@ def require_complete_pool(folder: str, results_base: str, command: str) -> Manif
                                f"cases were done (e.g. {missing[0]}); run the same command again to finish it: {command}")
     check_pool_is_current(folder, manifest, results_base)
     return manifest
+
+
+def drop_cases(folder: str, cases: Sequence[str], file_ending: str) -> List[str]:
+    """Remove ``cases`` (now labeled) from the pool: their files (the ``.pkl`` first: the case is no longer
+    complete), then the manifest's list; returns those it held. ``file_ending``: the dataset's."""
+    manifest = Manifest.read(folder)
+    held = [case for case in cases if manifest is not None and case in manifest.cases]
+    for case in held:
+        for name in (join(PREPROCESSED, case + ending) for ending in (".pkl", ".b2nd", "_seg.b2nd", "_confidence.npy")):
+            if os.path.lexists(join(folder, name)):
+                os.remove(join(folder, name))
+        if os.path.isfile(join(folder, SEGMENTATIONS, case + file_ending)):
+            os.remove(join(folder, SEGMENTATIONS, case + file_ending))
+    if held:
+        manifest.cases = [case for case in manifest.cases if case not in held]
+        manifest.write(folder)
+    return held

@@ -23,59 +23,16 @@ import argparse
 import os
 import shutil
 import time
-from typing import List, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, load_pickle, \
-    write_pickle
+from batchgenerators.utilities.file_and_folder_operations import isdir, join, write_pickle
 
-from nnunetv2_sss.checksums import sha256_of_file
-from nnunetv2_sss.errors import UserFileNotFoundError, UserRuntimeError, UserValueError, dataset_name, nnunet_path, \
-    user_errors
-from nnunetv2_sss.selftraining.pool import (PREPROCESSED, SEGMENTATIONS, Manifest, Teacher, complete_cases,
-                                            pool_folder, with_ignore_label)
+from nnunetv2_sss.errors import UserRuntimeError, UserValueError, user_errors
+from nnunetv2_sss.selftraining.pool import PREPROCESSED, SEGMENTATIONS, Manifest, complete_cases, pool_folder
+from nnunetv2_sss.trained_model import (TrainedModel, check_model, dataset_plans, load_preprocessed_case,
+                                        make_predictor, with_ignore_label)
 from nnunetv2_sss.version import command_parser
-
-# plans entries that decide how a case is preprocessed: the teacher must have been trained on the same
-PREPROCESSING_KEYS = ("data_identifier", "spacing", "normalization_schemes", "use_mask_for_norm",
-                      "resampling_fn_data", "resampling_fn_data_kwargs", "preprocessor_name")
-
-
-def check_teacher(teacher: Teacher, results_base: str, plans: dict, dataset_json: dict, dataset: str) -> None:
-    """A user error if the teacher is missing, or was trained on another dataset, plans or configuration."""
-    folder = teacher.folder(results_base)
-    train = f"nnUNetv2_train {dataset} {teacher.configuration} FOLD -tr {teacher.trainer} -p {teacher.plans}"
-    for fold, path in teacher.checkpoint_files(results_base).items():
-        if not isfile(path):
-            raise UserFileNotFoundError(f"{path}: the teacher has no {teacher.checkpoint} for fold {fold}; train it "
-                                        f"first ({train.replace('FOLD', fold)})")
-    trained_plans, trained_dataset = load_json(join(folder, "plans.json")), load_json(join(folder, "dataset.json"))
-    if trained_plans.get("dataset_name") != dataset:
-        raise UserValueError(f"{folder}: the teacher was trained on {trained_plans.get('dataset_name')}, not {dataset}")
-    if trained_plans.get("plans_name") != plans["plans_name"]:
-        raise UserValueError(f"{folder}: the teacher was trained with plans {trained_plans.get('plans_name')!r}, "
-                             f"not {plans['plans_name']!r}")
-    trained = trained_plans["configurations"].get(teacher.configuration)
-    current = plans["configurations"][teacher.configuration]
-    if trained is None:
-        raise UserValueError(f"{folder}: the teacher's plans have no configuration {teacher.configuration!r}")
-    for key in PREPROCESSING_KEYS:
-        if trained.get(key) != current.get(key):
-            raise UserValueError(f"{folder}: the teacher was trained with {key} = {trained.get(key)!r}, the dataset's "
-                                 f"plans now say {current.get(key)!r}: re-train the teacher on these plans")
-    own = {k: v for k, v in with_ignore_label(trained_dataset)["labels"].items()}
-    if own != with_ignore_label(dataset_json)["labels"]:
-        raise UserValueError(f"{folder}: the teacher's labels {trained_dataset['labels']} are not the dataset's "
-                             f"{dataset_json['labels']}")
-
-
-def load_preprocessed_case(folder: str, case: str) -> Tuple[np.ndarray, dict]:
-    """The preprocessed image ``(C, *spatial)`` and its properties, without the class locations (for a
-    training case whose labels are hidden they were derived from its labels, which are never used)."""
-    from nnunetv2_sss.data.unlabeled_loader import load_image
-    properties = load_pickle(join(folder, case + ".pkl"))
-    properties.pop("class_locations", None)
-    return np.asarray(load_image(folder, case)), properties
 
 
 def write_pool_case(pool: str, case: str, image_folder: str, label: np.ndarray, confidence: np.ndarray,
@@ -119,33 +76,23 @@ def make_pseudo_labels(dataset: str, configuration: str, teacher_trainer: str, f
                        round_: int = 1, device: str = "cpu", use_mirroring: bool = True, clean: bool = False) -> str:
     """Write (or complete) the pool; returns its folder."""
     import torch
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2_sss.data.unlabeled_pool import require_unlabeled_sources
 
-    name = dataset_name(dataset)
-    preprocessed_base = join(nnunet_path(nnUNet_preprocessed), name)
-    results_base = join(nnunet_path(nnUNet_results), name)
-    plans_file = join(preprocessed_base, plans_identifier + ".json")
-    if not isfile(plans_file):
-        raise UserFileNotFoundError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} first")
-    plans, dataset_json = load_json(plans_file), load_json(join(preprocessed_base, "dataset.json"))
-    if configuration not in plans["configurations"]:
-        raise UserValueError(f"{plans_file} has no configuration {configuration!r}")
+    planned = dataset_plans(dataset, configuration, plans_identifier)
     if not 0 < min_confidence <= 1:
         raise UserValueError(f"--min-confidence {min_confidence}: give a probability in (0, 1]")
     if round_ < 1:
         raise UserValueError(f"--round {round_}: rounds count from 1")
-    teacher = Teacher(teacher_trainer, plans_identifier, configuration, list(folds), checkpoint)
-    check_teacher(teacher, results_base, plans, dataset_json, name)
-    teacher.checkpoints_sha256 = {fold: sha256_of_file(path) for fold, path in teacher.checkpoint_files(results_base).items()}
-    data_identifier = plans["configurations"][configuration]["data_identifier"]
-    sources = require_unlabeled_sources(preprocessed_base, data_identifier, folds, "nnUNetv2_sss_pseudo_label",
+    teacher = TrainedModel(teacher_trainer, plans_identifier, configuration, list(folds), checkpoint)
+    check_model(teacher, planned, "teacher")
+    teacher = teacher.with_checksums(planned.results_base)
+    name, data_identifier = planned.name, planned.data_identifier
+    sources = require_unlabeled_sources(planned.preprocessed_base, data_identifier, folds, "nnUNetv2_sss_pseudo_label",
                                         configuration, plans_identifier)
-    student_labels = with_ignore_label(dataset_json)["labels"]
+    student_labels = with_ignore_label(planned.dataset_json)["labels"]
     manifest = Manifest(name, data_identifier, round_, teacher, float(min_confidence), int(student_labels["ignore"]),
                         bool(use_mirroring), 0.5, sorted(c for _, cases in sources for c in cases))
-    pool = pool_folder(preprocessed_base, data_identifier, round_, folds)
+    pool = pool_folder(planned.preprocessed_base, data_identifier, round_, folds)
     existing = Manifest.read(pool)
     if clean and isdir(pool):
         shutil.rmtree(pool)
@@ -165,11 +112,8 @@ def make_pseudo_labels(dataset: str, configuration: str, teacher_trainer: str, f
           f"{min_confidence}; pool {pool}", flush=True)
     if not todo:
         return pool
-    predictor = nnUNetPredictor(tile_step_size=manifest.tile_step_size, use_gaussian=True, use_mirroring=use_mirroring,
-                                perform_everything_on_device=device == "cuda", device=torch.device(device),
-                                allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(teacher.folder(results_base), folds, checkpoint)
-    label_manager = predictor.plans_manager.get_label_manager(with_ignore_label(dataset_json))
+    predictor = make_predictor(teacher, planned.results_base, device, use_mirroring, manifest.tile_step_size)
+    label_manager = predictor.plans_manager.get_label_manager(with_ignore_label(planned.dataset_json))
     started = time.perf_counter()
     for index, (folder, case) in enumerate(todo, 1):
         data, properties = load_preprocessed_case(folder, case)

@@ -24,10 +24,10 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunetv2_sss import settings
-from nnunetv2_sss.selftraining.pool import PREPROCESSED, folds_name, pool_folder, require_complete_pool, \
-    with_ignore_label
+from nnunetv2_sss.selftraining.pool import PREPROCESSED, folds_name, pool_folder, require_complete_pool
 from nnunetv2_sss.selftraining.student_data import AnnotatedEverywhere, MixedDataset, pseudo_per_batch, \
     stratified_training_loader
+from nnunetv2_sss.trained_model import with_ignore_label
 from nnunetv2_sss.training.base import nnUNetTrainerPlugin
 
 
