@@ -34,7 +34,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 
 from nnunetv2_sss.atomic_files import write_text_atomically
 from nnunetv2_sss.data.image_checks import ImageFileError, check_complete, read_header, read_images
-from nnunetv2_sss.data.splits import label_cases
+from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE, label_cases
 from nnunetv2_sss.data.unlabeled_preprocessing import UNLABELED_SUFFIX
 from nnunetv2_sss.data.unlabeled_raw import UNLABELED_FOLDER
 from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, dataset_name, nnunet_path, user_errors
@@ -91,7 +91,7 @@ def check_label(label: str, images: Sequence[str], reader, allowed: Sequence[int
             raise ImageFileError(f"{label}: {key} {value} differs from {image.get(key)} of its image {images[0]}; "
                                  f"a label must have its image's size, spacing, origin and direction")
     values = np.unique(read_images(reader, [label])[0])
-    wrong = [v for v in values.tolist() if v not in allowed]
+    wrong = [int(v) if float(v).is_integer() else v for v in values.tolist() if v not in allowed]
     if wrong:
         raise ImageFileError(f"{label}: holds the values {wrong}, the dataset's labels are {sorted(allowed)} "
                              f"(dataset.json)")
@@ -210,9 +210,12 @@ def add_new_labels(dataset, label_folder: str, plans_identifiers: Sequence[str] 
               f"{', '.join(os.path.basename(f) for _, _, f in configurations) or 'no configuration folder'}", flush=True)
     pools = drop_from_pools(preprocessed, list(labels), ending)
     count = set_num_training(raw, preprocessed, dataset_json)
+    has_splits = any(isfile(join(preprocessed, f)) for f in ("splits_final.json", SEMI_SUPERVISED_SPLITS_FILE))
     folds = label_cases(preprocessed, list(labels))
-    print(f"{len(labels)} new labeled case(s), {count} in all (dataset.json numTraining); they joined the training "
-          f"cases of fold(s) {' '.join(map(str, folds)) or '(no split file yet)'}: {VALIDITY}" +
+    joined = (f"they joined the training cases of fold(s) {' '.join(map(str, folds))}" if folds else
+              "they are training cases of every fold already" if has_splits else
+              "no split file yet: nnU-Net's first training makes one from every case")
+    print(f"{len(labels)} new labeled case(s), {count} in all (dataset.json numTraining); {joined}: {VALIDITY}" +
           (f"; removed from the pseudo-label pools {', '.join(pools)} (their other pseudo-labels stay valid)"
            if pools else ""), flush=True)
     return list(labels)

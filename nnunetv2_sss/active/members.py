@@ -21,6 +21,7 @@ import torch
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunetv2_sss.active.voxels import entropy
+from nnunetv2_sss.errors import UserValueError
 from nnunetv2_sss.trained_model import TrainedModel, make_predictor
 
 EXPORTED = "network_weights"
@@ -75,6 +76,10 @@ class ModelMembers:
                                           self.predictor.list_of_parameters):
             self.weights[(fold, EXPORTED)] = exported
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+            trained = checkpoint["init_args"]["configuration"]
+            if trained != model.configuration:
+                raise UserValueError(f"{path}: a model of configuration {trained!r}, not {model.configuration!r} "
+                                     f"(a copied or renamed model folder?); give -c {trained} or another model")
             self.weights.update({(fold, key): checkpoint[key] for key in PARTNER_KEYS if key in checkpoint})
         self.flips = flip_combinations(self.predictor.allowed_mirroring_axes if use_mirroring else None)
         self.members = [Member(fold, key, flip) for fold, key in self.weights for flip in self.flips]
