@@ -128,6 +128,7 @@ def records_from_probabilities(nnunet_dataset, preprocessed, predicted, strategy
 def test_entropy_suggestion_is_the_strategy_on_nnunet_predict_probabilities(nnunet_dataset, model, predicted,
                                                                             entropy_run):
     from nnunetv2_sss.active import strategies
+    from nnunetv2_sss.active.records import read_record
     root, preprocessed, env = model
     output, result = entropy_run
     rows = read_csv(output / "suggestions.csv")
@@ -136,6 +137,8 @@ def test_entropy_suggestion_is_the_strategy_on_nnunet_predict_probabilities(nnun
     ranked = strategy.rank(sorted(records), records, POOL_SIZE, np.random.default_rng(0))
     assert [row["case"] for row in rows] == [case for case, _ in ranked]
     for row, (case, score) in zip(rows, ranked):
+        ours = read_record(str(output / "cases"), case)  # to the last bit, as the command stored them
+        assert ours.uncertainty == score and np.array_equal(ours.foreground_voxels, records[case].foreground_voxels)
         assert float(row["score"]) == pytest.approx(score, rel=1e-5)
         volumes = [float(row["volume_ml_tissue_a"]), float(row["volume_ml_tissue_b"])]
         assert volumes == pytest.approx(records[case].volumes_ml.tolist(), abs=1e-4)
