@@ -10,6 +10,7 @@ some folds, one checkpoint name.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
@@ -64,18 +65,27 @@ class DatasetPlans:
 
 
 def dataset_plans(dataset, configuration: str, plans_identifier: str = "nnUNetPlans") -> DatasetPlans:
-    """The plans of ``-d -c -p``; a user error when they are not there."""
+    """The plans of ``-d -c -p`` in nnU-Net's folders; a user error when they are not there."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_results
     name = dataset_name(dataset)
-    preprocessed_base = join(nnunet_path(nnUNet_preprocessed), name)
+    return plans_in(join(nnunet_path(nnUNet_preprocessed), name), join(nnunet_path(nnUNet_results), name),
+                    configuration, plans_identifier)
+
+
+def plans_in(preprocessed_base: str, results_base: str, configuration: str,
+             plans_identifier: str = "nnUNetPlans") -> DatasetPlans:
+    """The plans of a dataset's preprocessed folder (any folder, e.g. a study group's view), its models in
+    ``results_base``; a user error when they are not there."""
+    name = os.path.basename(os.path.normpath(preprocessed_base))
     plans_file = join(preprocessed_base, plans_identifier + ".json")
     if not isfile(plans_file):
-        raise UserFileNotFoundError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {dataset} first")
+        number = name[len("Dataset"):].split("_")[0]  # nnUNetv2_plan_and_preprocess takes the id
+        raise UserFileNotFoundError(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {number} first")
     plans = load_json(plans_file)
     if configuration not in plans["configurations"]:
         raise UserValueError(f"{plans_file} has no configuration {configuration!r}")
-    return DatasetPlans(name, preprocessed_base, join(nnunet_path(nnUNet_results), name), plans_identifier,
-                        configuration, plans, load_json(join(preprocessed_base, "dataset.json")))
+    return DatasetPlans(name, preprocessed_base, results_base, plans_identifier, configuration, plans,
+                        load_json(join(preprocessed_base, "dataset.json")))
 
 
 def with_ignore_label(dataset_json: dict) -> dict:

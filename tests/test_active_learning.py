@@ -5,8 +5,8 @@ training cases) trained once with ``nnUNetv2_train``; ``nnUNetv2_sss_suggest``, 
 
 - the suggestion equals what the strategy says on ``nnUNetv2_predict``'s own probabilities of the same
   model (entropy over the whole pool, foreground-random), with nnU-Net's mirroring;
-- the suggested set is the pool's: never a labeled, validation or test case; ``random`` and
-  ``foreground-random`` are seeded and reproducible;
+- the suggested set is the pool's: never a labeled, validation or test case (``--hidden-only``: the
+  split's hidden training cases only); ``random`` and ``foreground-random`` are seeded and reproducible;
 - killed midway and started again: no partial output, the same suggestions;
 - mutual information with an EMA trainer's teacher and student, refused for a single prediction;
 - one ``ERROR:`` line each for a model of another dataset / plans / configuration, an empty pool, K larger
@@ -173,10 +173,10 @@ def test_foreground_random_is_seeded_and_the_strategy_on_nnunet_probabilities(nn
     from nnunetv2_sss.active.suggest import main
     root, preprocessed, env = model
     runs = {}
-    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):  # b and c draw from a's scores (the folder's records)
         in_process(monkeypatch, env, main, suggest_command(nnunet_dataset, "foreground-random", 4, "--seed", seed,
-                                                           "-o", tmp_path / name))
-        runs[name] = [(row["case"], row["score"]) for row in read_csv(tmp_path / name / "suggestions.csv")]
+                                                           "-o", tmp_path / "foreground"))
+        runs[name] = [(row["case"], row["score"]) for row in read_csv(tmp_path / "foreground" / "suggestions.csv")]
     assert runs["a"] == runs["b"]
     strategy = strategies.get("foreground-random")
     records = records_from_probabilities(nnunet_dataset, preprocessed, predicted, strategy)
@@ -192,6 +192,11 @@ def test_foreground_random_is_seeded_and_the_strategy_on_nnunet_probabilities(nn
     assert sorted(p.name[:-4] for p in (tmp_path / "r1" / "cases").iterdir()) == sorted(chosen)
     pool = sorted(pool_of(preprocessed, nnunet_dataset))
     assert chosen == [pool[i] for i in np.random.default_rng(5).permutation(POOL_SIZE)[:2]]
+    # --hidden-only: the simulation's pool, the training cases the split hides in fold 0
+    in_process(monkeypatch, env, main, suggest_command(nnunet_dataset, "random", 3, "--hidden-only", "-o",
+                                                       tmp_path / "hidden"))
+    hidden = json.loads((preprocessed / nnunet_dataset.dataset_name / "splits_semi_supervised.json").read_text())[0]
+    assert sorted(row["case"] for row in read_csv(tmp_path / "hidden" / "suggestions.csv")) == hidden["unlabeled"]
 
 
 def test_killed_suggestion_resumes_to_the_same_result(nnunet_dataset, model, entropy_run, tmp_path):

@@ -221,12 +221,10 @@ def add_new_labels(dataset, label_folder: str, plans_identifiers: Sequence[str] 
     return list(labels)
 
 
-def reveal_labels(dataset, cases: Sequence[str], folds: Sequence[int]) -> List[int]:
-    """Training cases hidden by the semi-supervised split in ``folds`` become labeled there; returns the folds
-    changed. The simulation's step after a query."""
-    from nnunetv2.paths import nnUNet_preprocessed
-    name = dataset_name(dataset)
-    preprocessed = join(nnunet_path(nnUNet_preprocessed), name)
+def reveal_labels(preprocessed: str, cases: Sequence[str], folds: Sequence[int]) -> List[int]:
+    """Training cases hidden by the semi-supervised split in ``folds`` become labeled there, in the dataset's
+    preprocessed folder ``preprocessed`` (any, e.g. a study group's view); returns the folds changed. The
+    simulation's step after a query."""
     changed = label_cases(preprocessed, cases, folds)
     pools = drop_from_pools(preprocessed, cases, load_json(join(preprocessed, "dataset.json"))["file_ending"], folds)
     print(f"{len(cases)} case(s) revealed in fold(s) {' '.join(map(str, folds))} ({len(changed)} changed): "
@@ -254,7 +252,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.reveal:
         if not args.f:
             raise UserValueError("--reveal needs the folds in which to reveal the cases: -f FOLD [FOLD ...]")
-        reveal_labels(args.d, args.reveal, args.f)
+        from nnunetv2.paths import nnUNet_preprocessed
+        reveal_labels(join(nnunet_path(nnUNet_preprocessed), dataset_name(args.d)), args.reveal, args.f)
     else:
         if args.f:
             raise UserValueError("-f is for --reveal; new labels (-i) join every fold's training cases")

@@ -1,14 +1,14 @@
 """``nnUNetv2_sss_suggest``: which scans of the unlabeled pool to label next.
 
     nnUNetv2_sss_suggest -d D -c C -tr TRAINER -f FOLDS [-p PLANS] [-chk CHECKPOINT] -n K --strategy S
-        [--aggregate top-k|foreground-mean|mean] [--top-fraction 0.01] [--seed 0] [-o OUT]
+        [--aggregate top-k|foreground-mean|mean] [--top-fraction 0.01] [--seed 0] [--hidden-only] [-o OUT]
         [-device cuda|cpu] [--disable-tta] [--clean]
 
 Scores every scan of the fold's unlabeled pool (``data/unlabeled_pool.py``: ``imagesUnlabeled`` preprocessed
 with ``nnUNetv2_sss_preprocess_unlabeled``, and the training cases ``splits_semi_supervised.json`` hides in
-every given fold) with a trained model of any nnU-Net or plugin trainer, through nnU-Net's predictor
-(``members.py``), and writes the K the strategy chooses (``strategies/``) into OUT (default
-``<model folder>/suggestions/<strategy>__folds<F>``):
+every given fold; only the latter with ``--hidden-only``) with a trained model of any nnU-Net or plugin
+trainer, through nnU-Net's predictor (``members.py``), and writes the K the strategy chooses
+(``strategies/``) into OUT (default ``<model folder>/suggestions/<strategy>__folds<F>``):
 
 - ``suggestions.csv``: rank, case, score, uncertainty, predicted foreground volume per class (mL),
   strategy, model, folds;
@@ -46,6 +46,7 @@ from nnunetv2_sss.active.records import CaseRecord, done_cases, read_record, wri
 from nnunetv2_sss.active.strategies.base import Strategy
 from nnunetv2_sss.active.voxels import AGGREGATIONS
 from nnunetv2_sss.atomic_files import write_text_atomically
+from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, user_errors
 from nnunetv2_sss.trained_model import DatasetPlans, TrainedModel, check_model, dataset_plans, load_preprocessed_case
 
@@ -147,10 +148,12 @@ def score_cases(todo: Sequence[str], locations: Dict[str, str], members, strateg
 
 
 def suggest(dataset: DatasetPlans, model: TrainedModel, pool: Pool, strategy: Strategy, k: int, output: str,
-            options: Options = Options(), clean: bool = False, command: str = "") -> List[Suggestion]:
+            options: Optional[Options] = None, clean: bool = False, command: str = "") -> List[Suggestion]:
     """The ``k`` scans of ``pool`` that ``strategy`` chooses with ``model``'s predictions, first to label
-    first; writes OUT (the module's docstring). The simulation's entry point: any pool, any model folder."""
+    first; writes OUT (the module's docstring). The simulation's entry point: any pool, any model folder
+    (``dataset``: e.g. ``trained_model.plans_in`` of a study group's folders)."""
     from nnunetv2_sss.active.members import ModelMembers
+    options = options or Options()
     size = check_request(pool, k, options)
     check_model(model, dataset)
     model = model.with_checksums(dataset.results_base)
@@ -246,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "uncertain voxels, default), foreground-mean (mean over the predicted foreground), mean")
     parser.add_argument("--top-fraction", type=float, default=0.01, help="share of voxels top-k averages (default 0.01)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategies (default 0)")
+    parser.add_argument("--hidden-only", action="store_true",
+                        help="the pool without imagesUnlabeled: only the training cases splits_semi_supervised.json "
+                             "hides in the folds (a simulation on a fully labeled pool: their labels can be revealed)")
     parser.add_argument("-o", default=None, help="output folder (default <model folder>/suggestions/<strategy>__folds<F>)")
     parser.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available, else cpu")
     parser.add_argument("--disable-tta", action="store_true", help="predict without mirroring (one pass per model)")
@@ -263,6 +269,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     model = TrainedModel(args.tr, args.p, args.c, folds, args.chk)
     pool = require_unlabeled_sources(dataset.preprocessed_base, dataset.data_identifier, folds, "nnUNetv2_sss_suggest",
                                      args.c, args.p)
+    if args.hidden_only:
+        pool = [(folder, cases) for folder, cases in pool if folder == join(dataset.preprocessed_base,
+                                                                            dataset.data_identifier)]
+        if not pool:
+            raise UserRuntimeError(f"--hidden-only: {join(dataset.preprocessed_base, SEMI_SUPERVISED_SPLITS_FILE)} "
+                                   f"hides no training case in fold(s) {' '.join(args.f)}; make label-scarcity "
+                                   f"splits with nnUNetv2_sss_make_splits")
     options = Options(args.aggregate, args.top_fraction, args.seed, torch_device(args.device), not args.disable_tta)
     command = " ".join(["nnUNetv2_sss_suggest"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)])
     suggestions = suggest(dataset, model, pool, strategies.get(args.strategy), args.n,
