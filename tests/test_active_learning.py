@@ -144,7 +144,7 @@ def test_entropy_suggestion_is_the_strategy_on_nnunet_predict_probabilities(nnun
         assert volumes == pytest.approx(records[case].volumes_ml.tolist(), abs=1e-4)
         assert (row["strategy"], row["model"], row["folds"]) == \
             ("entropy", f"{TRAINER}__nnUNetPlans__2d/checkpoint_final.pth", "0")
-    assert "1 models (fold 0 network_weights) x 4 mirrored passes" in result.stdout
+    assert "1 model (fold 0 network_weights) x 4 mirrored passes = 4 predictions" in result.stdout
     # outputs: a montage per suggestion, the record of the command, no temporary file
     assert sorted(p.name for p in (output / "montages").iterdir()) == \
         [f"{row['rank'].zfill(3)}_{row['case']}.png" for row in rows]
@@ -226,7 +226,7 @@ def test_mutual_information_of_teacher_and_student(nnunet_dataset, model, monkey
     root, preprocessed, env = model
     command = suggest_command(nnunet_dataset, "mutual-information", 3, "--disable-tta", "-o", tmp_path / "mi")
     in_process(monkeypatch, env, main, command, capsys, "--strategy mutual-information needs at least 2 predictions",
-               "1 models (fold 0 network_weights) x 1 mirrored passes = 1 predictions")
+               "1 model (fold 0 network_weights) x 1 pass = 1 prediction")
     results = tmp_path / "results"
     shutil.copytree(root / "results", results)
     checkpoint = results / nnunet_dataset.dataset_name / f"{TRAINER}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
@@ -237,7 +237,7 @@ def test_mutual_information_of_teacher_and_student(nnunet_dataset, model, monkey
     torch.save(saved, checkpoint)
     capsys.readouterr()
     in_process(monkeypatch, {**env, "nnUNet_results": results}, main, command)
-    assert "2 models (fold 0 network_weights, fold 0 student_weights) x 1 mirrored passes = 2 predictions" in \
+    assert "2 models (fold 0 network_weights, fold 0 student_weights) x 1 pass = 2 predictions" in \
         capsys.readouterr().out
     rows = read_csv(tmp_path / "mi" / "suggestions.csv")
     assert len(rows) == 3 and all(0 < float(row["score"]) <= 1 for row in rows)

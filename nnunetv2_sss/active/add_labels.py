@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 
-from nnunetv2_sss.atomic_files import write_text_atomically
+from nnunetv2_sss.atomic_files import write_atomically, write_text_atomically
 from nnunetv2_sss.data.image_checks import ImageFileError, check_complete, read_header, read_images
 from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE, label_cases
 from nnunetv2_sss.data.unlabeled_preprocessing import UNLABELED_SUFFIX
@@ -98,8 +98,9 @@ def check_label(label: str, images: Sequence[str], reader, allowed: Sequence[int
 
 
 def copy_atomically(source: str, target: str) -> None:
-    shutil.copyfile(source, target + ".tmp")
-    os.replace(target + ".tmp", target)
+    """``source`` to ``target``, written whole or not at all."""
+    with open(source, "rb") as file:
+        write_atomically(target, lambda out: shutil.copyfileobj(file, out))
 
 
 def preprocess_labeled_case(case: str, images: List[str], label: str, folder: str, plans: dict, configuration: str,

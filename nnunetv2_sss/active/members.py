@@ -91,8 +91,9 @@ class ModelMembers:
     def description(self) -> str:
         """E.g. ``2 models (fold 0 network_weights, fold 0 student_weights) x 4 mirrored passes = 8 predictions``."""
         models = ", ".join(f"fold {fold} {key}" for fold, key in self.weights)
-        return f"{len(self.weights)} models ({models}) x {len(self.flips)} mirrored passes = {len(self.members)} " \
-               f"predictions"
+        passes = f"{len(self.flips)} mirrored passes" if len(self.flips) > 1 else "1 pass"
+        count = lambda n, word: f"{n} {word}" + ("s" if n != 1 else "")
+        return f"{count(len(self.weights), 'model')} ({models}) x {passes} = {count(len(self.members), 'prediction')}"
 
     def predict(self, data: np.ndarray, with_members: bool, with_features: bool) -> CasePrediction:
         """``data`` ``(C_in, *spatial)`` preprocessed -> :class:`CasePrediction`; the member statistics
@@ -106,7 +107,6 @@ class ModelMembers:
             features.append(deepest.float().mean(dim=tuple(range(2, deepest.ndim))).mean(0).cpu())
 
         hook = self.network.encoder.register_forward_hook(keep_features) if with_features else None
-        self.predictor.flip = None
         try:
             logits = self.predictor.predict_logits_from_preprocessed_data(image).float()
         finally:
@@ -122,13 +122,15 @@ class ModelMembers:
     def member_statistics(self, image: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         """Mean over the members of their softmax ``(C, *spatial)`` and of its entropy ``(*spatial)``."""
         probabilities_sum = entropy_sum = None
-        for member in self.members:
-            self.network.load_state_dict(self.weights[(member.fold, member.weights)])
-            self.predictor.flip = member.flip
-            logits = self.predictor.predict_sliding_window_return_logits(image).to("cpu").float()
-            probabilities = torch.softmax(logits, 0).numpy()
-            probabilities_sum = probabilities if probabilities_sum is None else probabilities_sum + probabilities
-            member_entropy = entropy(probabilities)
-            entropy_sum = member_entropy if entropy_sum is None else entropy_sum + member_entropy
-        self.predictor.flip = None
+        try:
+            for member in self.members:
+                self.network.load_state_dict(self.weights[(member.fold, member.weights)])
+                self.predictor.flip = member.flip
+                logits = self.predictor.predict_sliding_window_return_logits(image).to("cpu").float()
+                probabilities = torch.softmax(logits, 0).numpy()
+                probabilities_sum = probabilities if probabilities_sum is None else probabilities_sum + probabilities
+                member_entropy = entropy(probabilities)
+                entropy_sum = member_entropy if entropy_sum is None else entropy_sum + member_entropy
+        finally:
+            self.predictor.flip = None  # nnU-Net's own pass again
         return probabilities_sum / len(self.members), entropy_sum / len(self.members)
