@@ -27,32 +27,23 @@ holding scores of other settings or of an older checkpoint.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
-import os
 import shlex
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunetv2_sss.active import strategies
-from nnunetv2_sss.active.records import CaseRecord, done_cases, read_record, write_record
+from nnunetv2_sss.active.outputs import CASES, Pool, Suggestion, prepare_output, write_outputs
+from nnunetv2_sss.active.records import done_cases, read_record, write_record
 from nnunetv2_sss.active.strategies.base import Strategy
 from nnunetv2_sss.active.voxels import AGGREGATIONS
-from nnunetv2_sss.atomic_files import write_text_atomically
 from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, user_errors
 from nnunetv2_sss.trained_model import DatasetPlans, TrainedModel, check_model, dataset_plans, load_preprocessed_case
-
-CASES, MONTAGES = "cases", "montages"
-SCORING, SUGGESTIONS, RECORD = "scoring.json", "suggestions.csv", "command.json"
-Pool = Sequence[Tuple[str, Sequence[str]]]  # (preprocessed folder, case ids), as data/unlabeled_pool.py gives it
 
 
 @dataclass
@@ -65,14 +56,6 @@ class Options:
     device: str = "cpu"
     use_mirroring: bool = True
     tile_step_size: float = 0.5
-
-
-@dataclass
-class Suggestion:
-    rank: int            # 1: label first
-    case: str
-    score: float         # what the strategy ranked by (random strategies: the probability of the first draw)
-    record: CaseRecord
 
 
 def default_output(dataset: DatasetPlans, model: TrainedModel, strategy: str) -> str:
@@ -107,26 +90,6 @@ def check_strategy(strategy: Strategy, members, folder: str) -> None:
         raise UserValueError(f"--strategy {strategy.name} needs the encoder features of the network, and "
                              f"{type(members.network).__name__} ({folder}) has no 'encoder' module: choose another "
                              f"strategy")
-
-
-def prepare_output(output: str, settings: dict, clean: bool) -> None:
-    """``output/scoring.json`` holds ``settings``; a user error if it holds others (``--clean``: start over)."""
-    path = join(output, SCORING)
-    if clean:
-        shutil.rmtree(output, ignore_errors=True)
-    elif os.path.isfile(path):
-        with open(path) as file:
-            existing = json.load(file)
-        if existing != settings:
-            changed = [key for key in settings if existing.get(key) != settings[key]]
-            model, stored = dict(settings["model"]), dict(existing.get("model", {}))
-            if changed == ["model"] and {**model, "checkpoints_sha256": None} == {**stored, "checkpoints_sha256": None}:
-                raise UserRuntimeError(f"{output}: these scores are older than the model's checkpoint (it changed "
-                                       f"since); run the command again with --clean to replace them")
-            raise UserRuntimeError(f"{output}: holds scores made with other settings ({', '.join(changed)} differ); "
-                                   f"run the command with --clean to replace them, or give another -o")
-    os.makedirs(output, exist_ok=True)
-    write_text_atomically(path, json.dumps(settings, indent=1))
 
 
 def score_cases(todo: Sequence[str], locations: Dict[str, str], members, strategy: Strategy, options: Options,
@@ -180,56 +143,6 @@ def suggest(dataset: DatasetPlans, model: TrainedModel, pool: Pool, strategy: St
     suggestions = [Suggestion(rank, case, score, records[case]) for rank, (case, score) in enumerate(ranked, 1)]
     write_outputs(output, suggestions, members, dataset, model, strategy, options, command, pool, records)
     return suggestions
-
-
-def class_names(members) -> List[str]:
-    """Names of the model's foreground classes (labels 1, 2, ...)."""
-    label_manager = members.predictor.label_manager
-    names = {value: name for name, value in members.predictor.dataset_json["labels"].items()}
-    return [names[value] for value in label_manager.foreground_labels]
-
-
-def write_outputs(output: str, suggestions: List[Suggestion], members, dataset: DatasetPlans, model: TrainedModel,
-                  strategy: Strategy, options: Options, command: str, pool: Pool,
-                  records: Dict[str, CaseRecord]) -> None:
-    """The montages, ``suggestions.csv`` and ``command.json`` (each written whole)."""
-    from nnunetv2_sss.active.montage import save_montage
-    names = class_names(members)
-    montages = join(output, MONTAGES)
-    os.makedirs(montages, exist_ok=True)
-    keep = set()
-    for suggestion in suggestions:
-        record = suggestion.record
-        keep.add(f"{suggestion.rank:03d}_{suggestion.case}.png")
-        volumes = ", ".join(f"{name} {volume:.2f} mL" for name, volume in zip(names, record.volumes_ml))
-        save_montage(join(montages, f"{suggestion.rank:03d}_{suggestion.case}.png"), record,
-                     f"{suggestion.rank}. {suggestion.case} ({strategy.name} score {suggestion.score:.4g}; {volumes})",
-                     names)
-    for stale in set(os.listdir(montages)) - keep:
-        os.remove(join(montages, stale))
-    table = io.StringIO()
-    writer = csv.writer(table, lineterminator="\n")
-    writer.writerow(["rank", "case", "score", "uncertainty"] + [f"volume_ml_{name}" for name in names] +
-                    ["strategy", "model", "folds"])
-    model_name = f"{os.path.basename(model.folder(dataset.results_base))}/{model.checkpoint}"
-    for s in suggestions:
-        writer.writerow([s.rank, s.case, f"{s.score:.6g}", f"{s.record.uncertainty:.6g}"] +
-                        [f"{v:.4f}" for v in s.record.volumes_ml] + [strategy.name, model_name,
-                                                                      " ".join(map(str, model.folds))])
-    write_text_atomically(join(output, SUGGESTIONS), table.getvalue())
-    seconds = [record.seconds for record in records.values()]
-    write_text_atomically(join(output, RECORD), json.dumps({
-        "command": command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dataset": dataset.name,
-        "model": asdict(model), "predictions": members.description(), "strategy": strategy.name,
-        "k": len(suggestions), "options": asdict(options),
-        "pool": {"scans": sum(len(cases) for _, cases in pool), "sources": {folder: len(cases) for folder, cases in pool}},
-        "scored_scans": len(records), "seconds_per_scan": float(np.mean(seconds)),
-        "suggestions": [s.case for s in suggestions], "versions": versions()}, indent=1))
-
-
-def versions() -> Dict[str, str]:
-    from importlib.metadata import version
-    return {package: version(package) for package in ("nnunetv2", "nnunetv2-sss", "torch")}
 
 
 def build_parser() -> argparse.ArgumentParser:
