@@ -121,7 +121,10 @@ class ModelMembers:
 
     def member_statistics(self, image: torch.Tensor) -> Tuple[np.ndarray, np.ndarray]:
         """Mean over the members of their softmax ``(C, *spatial)`` and of its entropy ``(*spatial)``."""
+        from nnunetv2.configuration import default_num_processes
         probabilities_sum = entropy_sum = None
+        threads = torch.get_num_threads()
+        torch.set_num_threads(min(default_num_processes, threads))  # as nnU-Net's prediction of preprocessed data
         try:
             for member in self.members:
                 self.network.load_state_dict(self.weights[(member.fold, member.weights)])
@@ -133,4 +136,5 @@ class ModelMembers:
                 entropy_sum = member_entropy if entropy_sum is None else entropy_sum + member_entropy
         finally:
             self.predictor.flip = None  # nnU-Net's own pass again
+            torch.set_num_threads(threads)
         return probabilities_sum / len(self.members), entropy_sum / len(self.members)
