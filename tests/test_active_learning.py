@@ -199,7 +199,9 @@ def test_foreground_random_is_seeded_and_the_strategy_on_nnunet_probabilities(nn
     assert sorted(row["case"] for row in read_csv(tmp_path / "hidden" / "suggestions.csv")) == hidden["unlabeled"]
 
 
-def test_killed_suggestion_resumes_to_the_same_result(nnunet_dataset, model, entropy_run, tmp_path):
+def test_killed_suggestion_resumes_to_the_same_result(nnunet_dataset, model, entropy_run, monkeypatch, capsys,
+                                                      tmp_path):
+    from nnunetv2_sss.active.suggest import main
     root, preprocessed, env = model
     output = tmp_path / "killed"
     command = suggest_command(nnunet_dataset, "entropy", POOL_SIZE, "-o", output)
@@ -213,8 +215,9 @@ def test_killed_suggestion_resumes_to_the_same_result(nnunet_dataset, model, ent
     done = len(list((output / "cases").glob("*.npz")))
     assert 1 <= done < POOL_SIZE
     assert not (output / "suggestions.csv").exists() and not (output / "montages").exists()
-    result = run_cli(command, env)
-    assert f"{POOL_SIZE} to score ({done} already done)" in result.stdout
+    capsys.readouterr()
+    in_process(monkeypatch, env, main, command)  # started again (in this process: the same code, less start-up)
+    assert f"{POOL_SIZE} to score ({done} already done)" in capsys.readouterr().out
     assert not list(output.rglob("*.tmp"))
     assert (output / "suggestions.csv").read_text() == (entropy_run[0] / "suggestions.csv").read_text()
 
@@ -342,8 +345,10 @@ def test_new_labels_become_labeled_training_cases(nnunet_dataset, model, predict
     assert sorted(pool_of(mine, nnunet_dataset)) == sorted(set(pool_of(preprocessed, nnunet_dataset)) -
                                                            {"unl_008", "unl_009"})
     # the same command again completes (nothing left to do) and changes nothing
-    assert "training cases of every fold already" in run_cli(["nnUNetv2_sss_add_labels", "-d", 901, "-i", labels],
-                                                             env).stdout
+    capsys.readouterr()
+    in_process(monkeypatch, env, main, ["-d", 901, "-i", labels])
+    assert "training cases of every fold already" in capsys.readouterr().out
+    assert json.loads((mine / name / "splits_final.json").read_text()) == after
     # preprocessed as nnUNetv2_preprocess preprocesses them
     theirs = tmp_path / "theirs"
     shutil.copytree(mine, theirs)
