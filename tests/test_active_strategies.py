@@ -224,28 +224,3 @@ def test_labeled_cases_leave_the_pseudo_label_pools(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == \
         ["b.b2nd", "b.nii.gz", "b.pkl", "b_confidence.npy", "b_seg.b2nd", "pseudo_labels.json"]
     assert Manifest.read(str(tmp_path)).cases == ["b"]
-
-
-def test_documented_commands_exist_and_parse():
-    """Every command in docs/active_learning.md's shell blocks is a console script of this environment; the
-    page's nnUNetv2_sss_suggest / nnUNetv2_sss_add_labels lines parse with the commands' own parsers."""
-    import os
-    import pathlib
-    import re
-    import shlex
-    import sys
-
-    from nnunetv2_sss.active import add_labels, suggest
-    parsers = {"nnUNetv2_sss_suggest": suggest.build_parser, "nnUNetv2_sss_add_labels": add_labels.build_parser}
-    page = pathlib.Path(__file__).resolve().parents[1] / "docs" / "active_learning.md"
-    lines = [line.strip() for block in re.findall(r"```bash\n(.*?)```", page.read_text(), re.S)
-             for line in block.replace("\\\n", " ").splitlines()]
-    commands = [shlex.split(line) for line in lines if line and not line.startswith("#")]
-    assert len(commands) >= 10 and {words[0] for words in commands} >= set(parsers)
-    for words in commands:
-        assert os.path.isfile(os.path.join(os.path.dirname(sys.executable), words[0])), words[0]
-        if words[0] in parsers:
-            try:
-                parsers[words[0]]().parse_args(words[1:])
-            except SystemExit:
-                pytest.fail(f"docs/active_learning.md: {' '.join(words)} does not parse")

@@ -36,6 +36,7 @@ from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE, label_cases
 from nnunetv2_sss.data.unlabeled_preprocessing import UNLABELED_SUFFIX
 from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError, dataset_name, nnunet_path, user_errors
 from nnunetv2_sss.selftraining.pool import POOLS_FOLDER, Manifest, drop_cases
+from nnunetv2_sss.version import command_parser
 
 VALIDITY = ("validation sets are unchanged, so the validation results of models trained before stay valid for "
             "those models; they did not learn from the new labels: train again (nnUNetv2_train) to use them")
@@ -179,7 +180,7 @@ def reveal_labels(preprocessed: str, cases: Sequence[str], folds: Sequence[int])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_add_labels", description=__doc__.split("\n\n")[0])
+    parser = command_parser(prog="nnUNetv2_sss_add_labels", description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or id")
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("-i", help="folder of the new label files <case><file_ending>, for scans of imagesUnlabeled")

@@ -44,6 +44,7 @@ from nnunetv2_sss.active.voxels import AGGREGATIONS
 from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, user_errors
 from nnunetv2_sss.trained_model import DatasetPlans, TrainedModel, check_model, dataset_plans, load_preprocessed_case
+from nnunetv2_sss.version import command_parser
 
 
 @dataclass
@@ -146,7 +147,7 @@ def suggest(dataset: DatasetPlans, model: TrainedModel, pool: Pool, strategy: St
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnUNetv2_sss_suggest", description=__doc__.split("\n\n")[0])
+    parser = command_parser(prog="nnUNetv2_sss_suggest", description=__doc__.split("\n\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-c", required=True, help="configuration (as the model's)")
     parser.add_argument("-tr", required=True, help="trainer of the model (any nnU-Net or plugin trainer)")
