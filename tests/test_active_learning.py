@@ -184,12 +184,14 @@ def test_foreground_random_is_seeded_and_the_strategy_on_nnunet_probabilities(nn
         ranked = strategy.rank(sorted(records), records, 4, np.random.default_rng(seed))
         assert [case for case, _ in runs[name]] == [case for case, _ in ranked]
     # random: only the chosen scans are predicted; the same seed, the same scans
-    for name in ("r1", "r2"):
+    chosen = []
+    for _ in range(2):
         in_process(monkeypatch, env, main, suggest_command(nnunet_dataset, "random", 2, "--seed", 5, "-o",
-                                                           tmp_path / name))
-    chosen = [row["case"] for row in read_csv(tmp_path / "r1" / "suggestions.csv")]
-    assert chosen == [row["case"] for row in read_csv(tmp_path / "r2" / "suggestions.csv")]
-    assert sorted(p.name[:-4] for p in (tmp_path / "r1" / "cases").iterdir()) == sorted(chosen)
+                                                           tmp_path / "random"))
+        chosen.append([row["case"] for row in read_csv(tmp_path / "random" / "suggestions.csv")])
+    assert chosen[0] == chosen[1]
+    chosen = chosen[0]
+    assert sorted(p.name[:-4] for p in (tmp_path / "random" / "cases").iterdir()) == sorted(chosen)
     pool = sorted(pool_of(preprocessed, nnunet_dataset))
     assert chosen == [pool[i] for i in np.random.default_rng(5).permutation(POOL_SIZE)[:2]]
     # --hidden-only: the simulation's pool, the training cases the split hides in fold 0
