@@ -10,7 +10,7 @@ training cases) trained once with ``nnUNetv2_train``; ``nnUNetv2_sss_suggest``, 
 - killed midway and started again: no partial output, the same suggestions;
 - mutual information with an EMA trainer's teacher and student, refused for a single prediction;
 - one ``ERROR:`` line each for a model of another dataset / plans / configuration, an empty pool, K larger
-  than the pool, scores older than the checkpoint;
+  than the pool, scores of other settings or older than the checkpoint;
 - new labels make their scans labeled training cases, preprocessed as ``nnUNetv2_preprocess`` does, the
   splits and the pool consistent; ``--reveal``; bad labels are refused before anything changes.
 
@@ -281,6 +281,11 @@ def test_refused_requests(nnunet_dataset, model, entropy_run, monkeypatch, capsy
     shutil.copytree(preprocessed, empty, ignore=shutil.ignore_patterns("*_unlabeled", "splits_semi_supervised.json"))
     in_process(monkeypatch, {**env, "nnUNet_preprocessed": empty}, main, command, capsys, "needs unlabeled data",
                "nnUNetv2_sss_preprocess_unlabeled")
+    # scores made with other settings
+    shutil.copytree(entropy_run[0], tmp_path / "other")
+    in_process(monkeypatch, env, main, suggest_command(nnunet_dataset, "entropy", 2, "--aggregate", "mean", "-o",
+                                                       tmp_path / "other"), capsys,
+               "holds scores made with other settings (aggregate differ)", "--clean")
     # scores made with a checkpoint that changed since
     results = tmp_path / "results_changed"
     shutil.copytree(root / "results", results)
