@@ -234,7 +234,8 @@ def test_mutual_information_of_teacher_and_student(nnunet_dataset, model, monkey
                "1 model (fold 0 network_weights) x 1 pass = 1 prediction")
     results = tmp_path / "results"
     shutil.copytree(root / "results", results)
-    checkpoint = results / nnunet_dataset.dataset_name / f"{TRAINER}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    checkpoint = results / nnunet_dataset.dataset_name / f"{TRAINER}__nnUNetPlans__2d" / "fold_0" / \
+        "checkpoint_final.pth"
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     generator = torch.Generator().manual_seed(0)
     saved["student_weights"] = {k: v + 0.05 * torch.randn(v.shape, generator=generator) if v.is_floating_point() else v
@@ -259,8 +260,10 @@ def test_refused_requests(nnunet_dataset, model, entropy_run, monkeypatch, capsy
     in_process(monkeypatch, env, main, suggest_command(nnunet_dataset, "entropy", 0), capsys, "-n 0")
     # a model of another plans / dataset / configuration
     for index, (change, needles) in enumerate((
-            (lambda p: p["configurations"]["2d"].update(spacing=[2.0, 2.0]), ("spacing = [2.0, 2.0]", "re-train the model")),
-            (lambda p: p.update(dataset_name="Dataset902_Other"), ("was trained on Dataset902_Other, not Dataset901_Tiny",)))):
+            (lambda p: p["configurations"]["2d"].update(spacing=[2.0, 2.0]),
+             ("spacing = [2.0, 2.0]", "re-train the model")),
+            (lambda p: p.update(dataset_name="Dataset902_Other"),
+             ("was trained on Dataset902_Other, not Dataset901_Tiny",)))):
         results = tmp_path / f"results_{index}"
         shutil.copytree(root / "results", results)
         plans = results / name / f"{TRAINER}__nnUNetPlans__2d" / "plans.json"
@@ -275,7 +278,8 @@ def test_refused_requests(nnunet_dataset, model, entropy_run, monkeypatch, capsy
                [a if a != "2d" else "3d_fullres" for a in command], capsys,
                "a model of configuration '2d', not '3d_fullres'")
     in_process(monkeypatch, env, main, [a if a != TRAINER else "nnUNetTrainerMeanTeacher" for a in command], capsys,
-               "has no checkpoint_final.pth for fold 0", "nnUNetv2_train Dataset901_Tiny 2d 0 -tr nnUNetTrainerMeanTeacher")
+               "has no checkpoint_final.pth for fold 0",
+               "nnUNetv2_train Dataset901_Tiny 2d 0 -tr nnUNetTrainerMeanTeacher")
     # an empty pool
     empty = tmp_path / "preprocessed"
     shutil.copytree(preprocessed, empty, ignore=shutil.ignore_patterns("*_unlabeled", "splits_semi_supervised.json"))
@@ -363,8 +367,8 @@ def test_new_labels_become_labeled_training_cases(nnunet_dataset, model, predict
                                                                        "nnUNet_n_proc_DA": "1"})
     for case in ("unl_008", "unl_009"):
         for suffix in ("", "_seg"):
-            ours = np.asarray(blosc2.open(str(mine / name / "nnUNetPlans_2d" / f"{case}{suffix}.b2nd"), mode="r"))
-            reference = np.asarray(blosc2.open(str(theirs / name / "nnUNetPlans_2d" / f"{case}{suffix}.b2nd"), mode="r"))
+            ours, reference = (np.asarray(blosc2.open(str(root_ / name / "nnUNetPlans_2d" / f"{case}{suffix}.b2nd"),
+                                                      mode="r")) for root_ in (mine, theirs))
             assert np.array_equal(ours, reference), (case, suffix)
     # a hidden training case of fold 0 revealed there
     hidden = semi[0]["unlabeled"][0]

@@ -152,8 +152,8 @@ def add_new_labels(dataset, label_folder: str, plans_identifiers: Sequence[str] 
             if os.path.dirname(path) != join(raw, "imagesTr"):
                 os.replace(path, join(raw, "imagesTr", os.path.basename(path)))
         remove_from_unlabeled(preprocessed, case)
-        print(f"[{index}/{len(labels)}] {case}: labeled; preprocessed into "
-              f"{', '.join(os.path.basename(f) for _, _, f in configurations) or 'no configuration folder'}", flush=True)
+        folders = ", ".join(os.path.basename(f) for _, _, f in configurations) or "no configuration folder"
+        print(f"[{index}/{len(labels)}] {case}: labeled; preprocessed into {folders}", flush=True)
     pools = drop_from_pools(preprocessed, list(labels), ending)
     count = set_num_training(raw, preprocessed, dataset_json)
     has_splits = any(isfile(join(preprocessed, f)) for f in ("splits_final.json", SEMI_SUPERVISED_SPLITS_FILE))

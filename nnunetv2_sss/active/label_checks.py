@@ -43,7 +43,8 @@ def scan_files(raw: str, case: str, dataset_json: dict, label: str) -> List[str]
             continue
         if not isfile(training):
             raise UserValueError(f"{label}: {join(raw, UNLABELED_FOLDER, name)} does not exist: a label must be for a "
-                                 f"scan of {UNLABELED_FOLDER} (to label training cases hidden by the split, use --reveal)")
+                                 f"scan of {UNLABELED_FOLDER} (to label training cases hidden by the split, use "
+                                 f"--reveal)")
         given = join(raw, "labelsTr", case + ending)
         if not (isfile(given) and filecmp.cmp(given, label, shallow=False)):
             raise UserValueError(f"{label}: {case} is a labeled case already ({training}); remove the file from -i")

@@ -96,7 +96,8 @@ def write_outputs(output: str, suggestions: List[Suggestion], members, dataset: 
         "command": command, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "dataset": dataset.name,
         "model": asdict(model), "predictions": members.description(), "strategy": strategy.name,
         "k": len(suggestions), "options": asdict(options),
-        "pool": {"scans": sum(len(cases) for _, cases in pool), "sources": {folder: len(cases) for folder, cases in pool}},
+        "pool": {"scans": sum(len(cases) for _, cases in pool),
+                 "sources": {folder: len(cases) for folder, cases in pool}},
         "scored_scans": len(records), "seconds_per_scan": float(np.mean(seconds)),
         "suggestions": [s.case for s in suggestions], "versions": versions()}, indent=1))
 

@@ -17,7 +17,8 @@ MONTAGE_SLICES = 3
 MONTAGE_SIDE = 256
 
 
-def voxel_volume_ml(properties: dict, transpose_forward: Sequence[int], configuration_spacing: Sequence[float]) -> float:
+def voxel_volume_ml(properties: dict, transpose_forward: Sequence[int],
+                    configuration_spacing: Sequence[float]) -> float:
     """Volume of a voxel of the preprocessed image in mL: the configuration's spacing (mm); a 2d
     configuration keeps the case's own spacing between slices, as nnU-Net's preprocessor does."""
     original = [properties["spacing"][i] for i in transpose_forward]

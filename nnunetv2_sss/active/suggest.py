@@ -60,7 +60,8 @@ class Options:
 
 
 def default_output(dataset: DatasetPlans, model: TrainedModel, strategy: str) -> str:
-    return join(model.folder(dataset.results_base), "suggestions", f"{strategy}__folds{'-'.join(map(str, model.folds))}")
+    folds = "-".join(map(str, model.folds))
+    return join(model.folder(dataset.results_base), "suggestions", f"{strategy}__folds{folds}")
 
 
 def check_request(pool: Pool, k: int, options: Options) -> int:
@@ -84,8 +85,8 @@ def check_strategy(strategy: Strategy, members, folder: str) -> None:
         raise UserValueError(f"{folder}: the model predicts regions (sigmoid outputs); nnUNetv2_sss_suggest scores "
                              f"softmax predictions of labels only")
     if len(members.members) < strategy.min_predictions:
-        raise UserValueError(f"--strategy {strategy.name} needs at least {strategy.min_predictions} predictions of each "
-                             f"scan; {folder} gives {members.description()}: give several folds (-f 0 1 2 3 4), "
+        raise UserValueError(f"--strategy {strategy.name} needs at least {strategy.min_predictions} predictions of "
+                             f"each scan; {folder} gives {members.description()}: give several folds (-f 0 1 2 3 4), "
                              f"leave out --disable-tta, or use a trainer with an EMA teacher")
     if strategy.needs_features and not hasattr(members.network, "encoder"):
         raise UserValueError(f"--strategy {strategy.name} needs the encoder features of the network, and "
@@ -161,13 +162,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--aggregate", default="top-k", choices=AGGREGATIONS,
                         help="how a scan's score aggregates its voxels: top-k (mean of the --top-fraction most "
                              "uncertain voxels, default), foreground-mean (mean over the predicted foreground), mean")
-    parser.add_argument("--top-fraction", type=float, default=0.01, help="share of voxels top-k averages (default 0.01)")
+    parser.add_argument("--top-fraction", type=float, default=0.01,
+                        help="share of voxels top-k averages (default 0.01)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random strategies (default 0)")
     parser.add_argument("--hidden-only", action="store_true",
                         help="the pool without imagesUnlabeled: only the training cases splits_semi_supervised.json "
                              "hides in the folds (a simulation on a fully labeled pool: their labels can be revealed)")
-    parser.add_argument("-o", default=None, help="output folder (default <model folder>/suggestions/<strategy>__folds<F>)")
-    parser.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available, else cpu")
+    parser.add_argument("-o", default=None,
+                        help="output folder (default <model folder>/suggestions/<strategy>__folds<F>)")
+    parser.add_argument("-device", default=None, choices=("cpu", "cuda", "mps"),
+                        help="default: cuda if available, else cpu")
     parser.add_argument("--disable-tta", action="store_true", help="predict without mirroring (one pass per model)")
     parser.add_argument("--clean", action="store_true", help="discard the scores already in the output folder")
     return parser

@@ -111,7 +111,8 @@ def hidden_label_cases(preprocessed_dataset_folder: str, fold) -> List[str]:
     return list(splits[int(fold)]["unlabeled"])
 
 
-def label_cases(preprocessed_dataset_folder: str, cases: Sequence[str], folds: Optional[Sequence[int]] = None) -> List[int]:
+def label_cases(preprocessed_dataset_folder: str, cases: Sequence[str],
+                folds: Optional[Sequence[int]] = None) -> List[int]:
     """Make ``cases`` labeled training cases in the split files (those present): ``folds`` None, new cases
     (labels of ``imagesUnlabeled`` scans), join every fold's training set; else cases the semi-supervised
     split hides in ``folds`` move from ``unlabeled`` to ``labeled`` there. No validation set changes.
