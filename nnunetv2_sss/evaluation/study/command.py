@@ -69,25 +69,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_executor(study: Study, args: argparse.Namespace) -> Executor:
-    """The executor of ``--executor`` with its options; options of the other executor are refused."""
+def check_executor(args: argparse.Namespace) -> None:
+    """The executor options, before the study is read: options of the other executor are refused; SLURM's
+    cluster and paths are checked (``slurm.check_cluster``)."""
     if args.executor == "slurm":
         for option in ("jobs", "gpus"):
             if getattr(args, option) is not None:
                 raise UserValueError(f"--{option}: an option of --executor local; with --executor slurm each run is a "
                                      f"job of its own (--gpus-per-job, --array-parallelism)")
-        from nnunetv2_sss.evaluation.study.slurm import SlurmExecutor
-        return SlurmExecutor(study, slurm_options(args))
+        from nnunetv2_sss.evaluation.study.slurm import check_cluster
+        check_cluster(slurm_options(args), args.o if args.o is not None else os.getcwd())
+        return
     given = [flag for dest, flag in SLURM_ONLY.items() if getattr(args, dest) not in (None, False)]
     if given:
         raise UserValueError(f"{given[0]}: an option of --executor slurm")
-    jobs = 1 if args.jobs is None else args.jobs
-    if jobs < 1:
-        raise UserValueError(f"--jobs {jobs}: must be >= 1")
-    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus is not None else None
-    if gpus is not None and (args.device != "cuda" or not gpus):
+    if args.jobs is not None and args.jobs < 1:
+        raise UserValueError(f"--jobs {args.jobs}: must be >= 1")
+    if args.gpus is not None and (args.device != "cuda" or not args.gpus.strip(", ")):
         raise UserValueError(f"--gpus {args.gpus}: GPU ids such as 0,1 with -device cuda (the runs use -device "
                              f"{args.device})")
+
+
+def make_executor(study: Study, args: argparse.Namespace) -> Executor:
+    """The executor of ``--executor`` (its options checked by :func:`check_executor`)."""
+    if args.executor == "slurm":
+        from nnunetv2_sss.evaluation.study.slurm import SlurmExecutor
+        return SlurmExecutor(study, slurm_options(args))
+    jobs = args.jobs or 1
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus is not None else None
     if gpus is None and args.device == "cuda" and jobs > 1:
         gpus = visible_gpus()
     return LocalExecutor(study, jobs, gpus)
@@ -113,6 +122,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     args.device = torch_device(args.device)
+    check_executor(args)
     study = Study(args, recorded_command(argv))
     executor = make_executor(study, args)
     try:

@@ -118,7 +118,7 @@ class Study:
         env = {**self.env, "nnUNet_preprocessed": preprocessed_root, "nnUNet_results": results,
                "nnUNet_sss_seed": str(run.seed)}
         started = time.time()
-        times = self.make_pseudo_labels(run, env, logs) if run.trainer in self.teachers else {}
+        times = self.make_pseudo_labels(run, env, logs, clean=not continued) if run.trainer in self.teachers else {}
         start_from = ["--c"] if continued else []
         if is_pretrained(run.trainer):
             weights, seconds = self.pretrained_start(run)
@@ -183,13 +183,14 @@ class Study:
         first = next(r for r in self.runs if r.trainer == run.trainer)
         return weights, pretraining_seconds(weights) if run == first else 0.0
 
-    def make_pseudo_labels(self, run: Run, env: dict, logs: str) -> dict:
+    def make_pseudo_labels(self, run: Run, env: dict, logs: str, clean: bool = True) -> dict:
         """A self-training student's pseudo-labels, by its teacher's run of the same group (done before it);
-        the seconds of teacher and pseudo-labelling for the row."""
+        the seconds of teacher and pseudo-labelling for the row. ``clean=False`` (a student's training that
+        continues): the pool its training started with is kept."""
         args, teacher = self.args, self.teachers[run.trainer]
         seconds = run_logged(["nnUNetv2_sss_pseudo_label", "-d", self.dataset, "-c", args.c, "-p", args.p, "-tr", teacher,
-                              "-f", str(args.fold), "--round", str(self.rounds[run.trainer]), "-device", args.device,
-                              "--clean"] + (["--disable-tta"] if args.disable_tta else []),
+                              "-f", str(args.fold), "--round", str(self.rounds[run.trainer]), "-device", args.device]
+                             + (["--clean"] if clean else []) + (["--disable-tta"] if args.disable_tta else []),
                              env, os.path.join(logs, f"{run.trainer}_pseudo_label.log"))
         teacher_row = self.workspace.row(Run(teacher, run.num_labeled, run.seed))
         return {"teacher": teacher, "teacher_seconds": teacher_row["train_seconds"],

@@ -29,8 +29,8 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError
 from nnunetv2_sss.evaluation.study.executor import (FAILED, FINISHED, LOST, QUEUED, REQUEUED, STARTED, SUBMITTED,
                                                     Event, Executor)
-from nnunetv2_sss.evaluation.study.job_files import (FAILED as JOB_FAILED, JOBS_FOLDER, read_record, state_file, submission_file,
-                                                     write_outputs_locked, write_record)
+from nnunetv2_sss.evaluation.study.job_files import (FAILED as JOB_FAILED, JOBS_FOLDER, read_record, state_file,
+                                                     submission_file, write_outputs_locked, write_record)
 from nnunetv2_sss.evaluation.study.jobs import Job, is_done
 from nnunetv2_sss.evaluation.study.pretraining import nnunet_trainer
 from nnunetv2_sss.evaluation.study.resources import augmentation_workers, host_memory_gib
@@ -86,28 +86,35 @@ def partition_nodes(partition: Optional[str]) -> int:
     return len(set(wanted))
 
 
+def check_cluster(options: SlurmOptions, output: str) -> None:
+    """What ``--executor slurm`` needs before a study is even read: submitit, SLURM's commands, the partition,
+    and nnU-Net's folders and the output folder (``output``: ``-o`` as given, else the current folder) where
+    jobs on other nodes find them."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError as error:
+        raise UserRuntimeError(f"--executor slurm needs submitit ({error}): pip install 'nnunetv2-sss[cluster]'") \
+            from None
+    for tool in ("sbatch", "squeue", "sinfo", "srun"):
+        if shutil.which(tool) is None:
+            raise UserRuntimeError(f"--executor slurm: {tool} not found on PATH; run the study where SLURM's commands "
+                                   "are (a login node)")
+    one_node = partition_nodes(options.partition) == 1
+    problem = unshared_path({**{name: os.environ.get(name) for name in NNUNET_PATHS}, "-o": output}, os.environ,
+                            one_node)
+    if problem:
+        raise UserValueError(problem)
+
+
 class SlurmExecutor(Executor):
     holds_dependencies = True
     stops_on_failure = False
     interrupted = "interrupted: the submitted jobs keep running; run the same command again to follow them"
 
     def __init__(self, study, options: SlurmOptions):
-        try:
-            import submitit
-        except ImportError as error:
-            raise UserRuntimeError(f"--executor slurm needs submitit ({error}): pip install 'nnunetv2-sss[cluster]'") \
-                from None
-        for tool in ("sbatch", "squeue", "sinfo", "srun"):
-            if shutil.which(tool) is None:
-                raise UserRuntimeError(f"--executor slurm: {tool} not found on PATH; run the study where SLURM's "
-                                       "commands are (a login node)")
+        """After :func:`check_cluster`: each trainer's ``#SBATCH`` lines, checked by ``sbatch --test-only``."""
+        import submitit
         self.study, self.options, self.submitit = study, options, submitit
-        one_node = partition_nodes(options.partition) == 1
-        given = {**{name: os.environ.get(name) for name in NNUNET_PATHS},
-                 "-o": study.args.o if study.args.o is not None else study.out}
-        problem = unshared_path(given, os.environ, one_node)
-        if problem:
-            raise UserValueError(problem)
         classes = trainer_classes(sorted({nnunet_trainer(t) for t in study.trainers}), study.env["nnUNet_extTrainer"])
         self.parameters = {trainer: self._parameters(trainer_class) for trainer, trainer_class in classes.items()}
         self._test_submission()
@@ -237,7 +244,8 @@ class SlurmExecutor(Executor):
         state = read_record(state_file(self.study.out, job.name))
         if state and state.get("job_id") == job_id and state.get("state") == JOB_FAILED:
             return FAILED, f"job {job_id}: {state.get('error')}; job log {log}"
-        ended = f"{entry[0]}, {entry[2]}" if entry else "no longer known to SLURM"
+        ended = (entry[0] + (f", {entry[2]}" if entry[2] not in ("", "None") else "")) if entry else \
+            "no longer known to SLURM"
         return LOST, f"job {job_id}: {ended}; job log {log}"
 
     def in_flight(self) -> Set[str]:
