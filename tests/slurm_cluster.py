@@ -1,6 +1,7 @@
 """A real one-node SLURM cluster for the tests, from Debian's ``slurmctld``, ``slurmd``, ``slurm-client`` and
 ``munge`` packages: its own munged socket, ports, state and spool folders and ``slurm.conf`` (``SLURM_CONF``)
-in a private folder, so it never touches a cluster the machine may already run.
+in a private folder, so it never touches a cluster the machine may already run. The daemons run as the
+user of the tests (root or not), who is then SLURM's administrator.
 
 ``ProctrackType=proctrack/linuxproc``, ``TaskPlugin=task/none`` (no cgroups), the node's CPUs and memory,
 memory a consumable resource (``--mem`` counts), ``cred_expire=5`` (a requeued job may start again after 6 s
@@ -8,6 +9,7 @@ instead of SLURM's default 2 minutes), ``KillWait=5``. No accounting database: `
 as on clusters without one."""
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import signal
@@ -27,8 +29,6 @@ def missing() -> Optional[str]:
     if absent:
         return (f"SLURM tests need Debian's {PACKAGES} packages ({', '.join(absent)} not found): "
                 f"apt-get install -y {PACKAGES} (.ci/run installs them)")
-    if os.geteuid() != 0:
-        return "SLURM tests need root: slurmd starts the jobs (run the tests as root, as .ci/run does in CI)"
     return None
 
 
@@ -54,6 +54,7 @@ class OneNodeCluster:
         os.chmod(self.folder, 0o755)  # munged wants its socket's folders searchable by all
         self.node = socket.gethostname().split(".")[0]
         self.conf = os.path.join(self.folder, "slurm.conf")
+        self.user = getpass.getuser()
         self.env: Dict[str, str] = {"SLURM_CONF": self.conf}
 
     def path(self, *parts: str) -> str:
@@ -61,7 +62,8 @@ class OneNodeCluster:
 
     def _config(self) -> str:
         return "\n".join([
-            "ClusterName=sss-test", f"SlurmctldHost={self.node}(127.0.0.1)", "SlurmUser=root", "SlurmdUser=root",
+            "ClusterName=sss-test", f"SlurmctldHost={self.node}(127.0.0.1)", f"SlurmUser={self.user}",
+            f"SlurmdUser={self.user}",
             f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}", "AuthType=auth/munge",
             f"AuthInfo=socket={self.path('munge.socket')},cred_expire=5", "CredType=cred/munge",
             f"StateSaveLocation={self.path('state')}", f"SlurmdSpoolDir={self.path('spool')}",
@@ -108,7 +110,7 @@ class OneNodeCluster:
 
     def stop(self) -> None:
         """Cancel every job (their processes end), then stop the daemons and remove the folder."""
-        self.command(["scancel", "--full", "-u", "root"], check=False)
+        self.command(["scancel", "--full", "-u", self.user], check=False)
         deadline = time.time() + 20
         while self.command(["squeue", "-h"], check=False).stdout.strip() and time.time() < deadline:
             time.sleep(0.5)

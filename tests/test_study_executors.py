@@ -1,6 +1,6 @@
 """``nnUNetv2_sss_study``'s executors (issue 27): the study as a graph of jobs, run on this machine
 (``--executor local``) or on a real one-node SLURM cluster (``--executor slurm``, ``tests/slurm_cluster.py``;
-skipped with the reason where its Debian packages or root are missing).
+skipped with the reason where its Debian packages are missing).
 
 One small study for all of it (tiny dataset, fold 0, 2 labeled, seed 0, 2 epochs x 2 iterations on CPU):
 ``nnUNetTrainerPlugin``, its pretrained row (a pretraining job first) and the self-training student (after its
@@ -233,5 +233,5 @@ def test_the_cluster_page_commands_parse():
                 if line.strip().startswith("nnUNetv2_sss_study")]
     assert len(commands) >= 3
     for line in commands:
-        words = [w for w in shlex.split(line.split("#")[0])[1:]]
+        words = shlex.split(re.sub(r"\$\{?\w+\}?", "0", line.split("#")[0]))[1:]  # a shell variable: 0
         build_parser().parse_args(words)  # exits (fails the test) on an unknown option

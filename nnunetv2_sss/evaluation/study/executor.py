@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Set
 
@@ -41,7 +42,7 @@ class Event:
     detail: str = ""  # where it runs, or what went wrong
 
 
-class Executor:
+class Executor(ABC):
     """Runs the jobs the coordinator hands it."""
     holds_dependencies = False  # True: takes jobs whose dependencies are still running and starts them after
     stops_on_failure = True     # after a failed job the coordinator starts no other
@@ -51,20 +52,21 @@ class Executor:
         """Of ``jobs``, those an earlier command started that are still known (queued, running, failed, lost)."""
         return []
 
+    @abstractmethod
     def free(self) -> int:
         """How many more jobs it takes now."""
-        raise NotImplementedError
 
+    @abstractmethod
     def start(self, jobs: Sequence[Job]) -> List[Event]:
-        raise NotImplementedError
+        """Start (submit) ``jobs``: a STARTED or SUBMITTED event each."""
 
+    @abstractmethod
     def wait(self) -> List[Event]:
         """Blocks until at least one job in flight changes state; those changes."""
-        raise NotImplementedError
 
+    @abstractmethod
     def in_flight(self) -> Set[str]:
         """Names of the jobs queued or running."""
-        raise NotImplementedError
 
     def parallel(self) -> int:
         """How many jobs run at once now (for the estimate of the time left)."""
@@ -142,6 +144,8 @@ class LocalExecutor(Executor):
             return Event(job, FINISHED)
         lines = text.strip().splitlines() or [f"exited with code {process.returncode}"]
         errors = [line for line in lines if line.startswith("ERROR")]
+        if not errors:  # not a known user error: the job's whole output (a traceback) for the bug report
+            print(text, file=sys.stderr, flush=True)
         return Event(job, FAILED, (errors or lines)[-1].removeprefix("ERROR: "))
 
     def in_flight(self) -> Set[str]:

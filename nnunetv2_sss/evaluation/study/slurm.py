@@ -77,7 +77,8 @@ def active_jobs(out: str, jobs: Sequence[Job]) -> List[str]:
 
 def partition_nodes(partition: Optional[str]) -> int:
     """How many nodes ``partition`` (``None``: the default one) has; :class:`UserValueError` if there is none."""
-    lines = [line.split() for line in command_output(["sinfo", "-h", "-N", "-o", "%N %P"], "").splitlines()]
+    text = command_output(["sinfo", "-h", "-N", "-o", "%N %P"], "is SLURM's controller reachable from here?")
+    lines = [line.split() for line in text.splitlines()]
     partitions = {p.rstrip("*") for _, p in lines}
     wanted = [node for node, p in lines if (p.rstrip("*") == partition if partition else p.endswith("*"))]
     if not wanted:
