@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from conftest import TRAINERS_FOLDER
 from helpers import run_cli
 from slurm_cluster import OneNodeCluster, missing
 from nnunetv2_sss.errors import UserValueError
@@ -189,6 +190,35 @@ def test_bad_input_for_slurm_one_error_and_nothing_submitted(cluster, nnunet_dat
     assert not (tmp_path / "study").exists() and not (tmp_path / "relative").exists()
 
 
+FAILING_TRAINER = """
+from nnunetv2_sss.training.base import nnUNetTrainerPlugin
+
+
+class nnUNetTrainerFailsOnPurpose(nnUNetTrainerPlugin):
+    def initialize(self):
+        raise SystemExit("ERROR: nnUNetTrainerFailsOnPurpose: this training fails on purpose")
+"""
+
+
+def test_a_failed_slurm_job_is_reported_with_its_error_and_logs_and_resubmitted(cluster, nnunet_dataset, tmp_path):
+    (tmp_path / "trainers").mkdir()
+    (tmp_path / "trainers" / "nnUNetTrainerFailsOnPurpose.py").write_text(FAILING_TRAINER)
+    env = nnunet_dataset.env(**cluster.env, nnUNet_extTrainer=f"{TRAINERS_FOLDER}:{tmp_path / 'trainers'}")
+    command = ["nnUNetv2_sss_study", "-d", nnunet_dataset.dataset_id, "-c", "2d", "--num-labeled", 2, "--seeds", 1,
+               "-tr", "nnUNetTrainerFailsOnPurpose", "-device", "cpu", "--no-ceiling", "-o", tmp_path / "study",
+               "--executor", "slurm", "--time-limit", 15, "--poll-seconds", 1]
+    failed = rf"failed \(job (\d+): nnUNetv2_train exited with code 1 \(ERROR: nnUNetTrainerFailsOnPurpose: this " \
+             rf"training fails on purpose\); full output: {tmp_path}/study/runs/n2_s0/logs/nnUNetTrainerFailsOnPurpose" \
+             rf"_train.log; job log {tmp_path}/study/jobs/slurm/\1_0_log.out\)"
+    first = run_cli(command, env, expect_failure=True)
+    assert re.search(failed, first.stdout), first.stdout
+    assert first.stderr.strip().splitlines()[-1].startswith(
+        "ERROR: nnUNetTrainerFailsOnPurpose, 2 labeled, seed 0: job "), first.stderr
+    again = run_cli(command + ["--no-wait"], env).stdout  # reported, then submitted again
+    assert re.search(failed, again) and len(lines_with(again, r": submitted \(job \d+\)")) == 1, again
+    cluster.command(["scancel", job_id(tmp_path / "study", "n2_s0_nnUNetTrainerFailsOnPurpose")])
+
+
 # ---- unit -------------------------------------------------------------------------------------------------
 def test_jobs_pretraining_before_its_rows_teacher_before_student_and_max_runs():
     runs = plan_runs([TEACHER, PRETRAINED, STUDENT], [2], [0, 1], TEACHER, ceiling=False)
@@ -205,9 +235,9 @@ def test_jobs_pretraining_before_its_rows_teacher_before_student_and_max_runs():
 
 
 def test_slurm_option_values():
-    assert [time_minutes(t) for t in ("90", "10:30", "2:00:00", "1-12", "1-0:01", "0-0:0:1")] == \
-        [90, 11, 120, 2160, 1441, 1]
-    for bad in ("", "1h", "0", "1-"):
+    assert [time_minutes(t) for t in ("90", "10:30", "2:00:00", "1-12", "1-0:01", "0-0:5:1")] == \
+        [90, 11, 120, 2160, 1441, 6]
+    for bad in ("", "1h", "0", "1-", "4:59"):
         with pytest.raises(UserValueError, match="--time-limit"):
             time_minutes(bad)
     assert sbatch_lines(["constraint=a100", "--exclusive", "mail-type=END,FAIL"]) == \

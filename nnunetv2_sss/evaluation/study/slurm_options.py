@@ -11,6 +11,9 @@ from typing import Dict, List, Optional, Union
 from nnunetv2_sss.errors import UserValueError
 
 DEFAULT_TIME_LIMIT = "24:00:00"
+# SLURM warns a job (SIGUSR2, submitit's cue to requeue it) 90 s before its limit, up to a minute earlier: a
+# shorter limit would warn the requeued job again before it is ready to continue
+MIN_TIME_MINUTES = 5
 DEFAULT_POLL_SECONDS = 30
 # dest -> flag of the options that only --executor slurm takes
 SLURM_ONLY = {"partition": "--partition", "time_limit": "--time-limit", "gpus_per_job": "--gpus-per-job",
@@ -79,7 +82,8 @@ def slurm_options(args: argparse.Namespace) -> SlurmOptions:
 
 
 def time_minutes(text: str) -> int:
-    """SLURM's time formats (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes (rounded up)."""
+    """SLURM's time formats (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in whole minutes (rounded up),
+    at least ``MIN_TIME_MINUTES``."""
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not match:
         raise UserValueError(f"--time-limit {text}: give minutes, MM:SS, HH:MM:SS or D-HH[:MM[:SS]], e.g. 90 or "
@@ -91,8 +95,9 @@ def time_minutes(text: str) -> int:
         seconds = int(first) * 3600 + int(second) * 60 + int(third)
     else:  # MM or MM:SS
         seconds = int(first) * 60 + int(second or 0)
-    if seconds <= 0:
-        raise UserValueError(f"--time-limit {text}: must be more than 0")
+    if seconds < MIN_TIME_MINUTES * 60:
+        raise UserValueError(f"--time-limit {text}: at least {MIN_TIME_MINUTES} minutes (SLURM warns a job 90 to 150 s "
+                             "before its limit, and the job needs the time to requeue itself and continue)")
     return math.ceil(seconds / 60)
 
 
