@@ -8,7 +8,8 @@ teacher's run).
 
 - local: ``--jobs 1`` for the first run (``--max-runs 1``), then ``--jobs 2`` for the rest: the student and
   the pretraining run at once, and every row equals the SLURM study's;
-- SLURM: ``--no-wait`` twice (nothing submitted twice), the student's job requeued (``scontrol requeue``) once
+- SLURM (the jobs get the study's environment from the study only: ``--export`` of SLURM's own variables):
+  ``--no-wait`` twice (nothing submitted twice), the student's job requeued (``scontrol requeue``) once
   its first epoch's checkpoint exists (its training continues from it: the second training log starts at
   epoch 1), the pretrained row's job cancelled (``scancel``) while it trains, then the same command, waiting:
   it submits that job only and ends with the rows, splits and predictions of the local study (the student's
@@ -117,7 +118,9 @@ def test_study_on_slurm_resumes_and_resubmits_only_what_was_lost(cluster, nnunet
     local_out = local_study[0]
     out = tmp_path / "study"
     env = nnunet_dataset.env(**cluster.env)
-    command = study_command(nnunet_dataset, out, "--executor", "slurm", "--time-limit", 15, "--poll-seconds", 1)
+    # the jobs get nothing of this environment from SLURM, only through the study (and SLURM's own variables)
+    command = study_command(nnunet_dataset, out, "--executor", "slurm", "--time-limit", 15, "--poll-seconds", 1,
+                            "--sbatch", "export=SLURM_CONF,SUBMITIT_EXECUTOR")
     names = [f"n2_s0_{row}" for row in (TEACHER, PRETRAINED, STUDENT)] + [f"pretrain_{TEACHER}"]
 
     first = run_cli(command + ["--no-wait"], env).stdout

@@ -67,7 +67,7 @@ class Progress:
         known = {**self.done_before, **self.this_session}
         left = [j.run for j in runs if j.name in states]
         return ("runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()) +
-                (f"; about {format_seconds(self.time_left(left, executor))} left" if known else ""))
+                (f"; about {format_seconds(self.time_left(left, executor))} left" if known and left else ""))
 
 
 def _estimate(run: Run, seconds: Dict[Run, float]) -> float:
