@@ -51,7 +51,7 @@ def coordinate(study, executor: Executor, wait: bool = True) -> None:
             executor.write_outputs(study)
             print(f"written {os.path.join(study.out, 'runs.csv')}, summary.md, learning_curve.png", flush=True)
         if executor.holds_dependencies:
-            print(progress.summary(states, jobs, executor), flush=True)
+            print(progress.summary(jobs, done, states, executor), flush=True)
         if not wait and executor.in_flight():
             print(f"{len(executor.in_flight())} jobs queued or running; run the same command again to see how they "
                   "are doing (it submits nothing twice)", flush=True)

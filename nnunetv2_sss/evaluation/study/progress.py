@@ -3,11 +3,12 @@ and an estimate of their time from the finished runs), and a summary line with t
 from __future__ import annotations
 
 import time
-from typing import Dict, Sequence
+from typing import Dict, Sequence, Set
 
 import numpy as np
 
-from nnunetv2_sss.evaluation.study.executor import FINISHED, QUEUED, REQUEUED, STARTED, SUBMITTED, Event, Executor
+from nnunetv2_sss.evaluation.study.executor import (FAILED, FINISHED, LOST, QUEUED, REQUEUED, STARTED, SUBMITTED, Event,
+                                                    Executor)
 from nnunetv2_sss.evaluation.study.jobs import Job
 from nnunetv2_sss.evaluation.study.plan import Run
 from nnunetv2_sss.evaluation.study.rows import class_names_of, number
@@ -55,18 +56,19 @@ class Progress:
         total = sum(_estimate(run, seconds) for run in left)
         return total / max(1, min(executor.parallel(), len(left)))
 
-    def summary(self, states: Dict[str, str], jobs: Sequence[Job], executor: Executor) -> str:
-        """``runs: F finished, ... ; about T left``: the study's runs by state (``states``: job name -> state of
-        the jobs not done)."""
-        runs = [j for j in jobs if not j.pretraining]
-        counts = {"finished": sum(1 for j in runs if j.name not in states)}
-        for job in runs:
-            if job.name in states:
-                state = SUMMARY_STATES.get(states[job.name], states[job.name])
+    def summary(self, jobs: Sequence[Job], done: Set[str], states: Dict[str, str], executor: Executor) -> str:
+        """``runs: F finished, ... ; about T left``: the study's runs by state (``done``: names of the finished
+        jobs; ``states``: name -> state of the others this command knows; the rest are still to do)."""
+        counts: Dict[str, int] = {}
+        for job in jobs:
+            if not job.pretraining:
+                state = "finished" if job.name in done else SUMMARY_STATES.get(states.get(job.name, "to do"),
+                                                                                states.get(job.name, "to do"))
                 counts[state] = counts.get(state, 0) + 1
+        left = [j.run for j in jobs if not j.pretraining and j.name not in done]
         known = {**self.done_before, **self.this_session}
-        left = [j.run for j in runs if j.name in states]
-        return ("runs: " + ", ".join(f"{n} {state}" for state, n in counts.items()) +
+        order = ["finished", "running", QUEUED, FAILED, LOST, "to do"]
+        return ("runs: " + ", ".join(f"{counts[state]} {state}" for state in order if state in counts) +
                 (f"; about {format_seconds(self.time_left(left, executor))} left" if known and left else ""))
 
 
