@@ -25,7 +25,7 @@ from nnunetv2_sss.evaluation.statistics import gap_closed, mean_std, paired_comp
 from nnunetv2_sss.evaluation.study.command import recorded_command
 from nnunetv2_sss.evaluation.study.plan import ALL, parse_counts, plan_runs
 from nnunetv2_sss.evaluation.study.rows import values_by_seed
-from nnunetv2_sss.evaluation.study.runner import LOCK_FILE
+from nnunetv2_sss.evaluation.study.coordinator import LOCK_FILE
 from nnunetv2_sss.evaluation.study.summary import summary_markdown
 from nnunetv2_sss.evaluation.study.trainers import trainer_classes, uses_sam2
 

@@ -3,6 +3,7 @@
     nnUNetv2_sss_study -d D -c 2d --num-labeled 2 4 8 --seeds 3 \\
         -tr nnUNetTrainerPlugin nnUNetTrainerMeanTeacher nnUNetTrainerUniMatchV2 nnUNetTrainerSSS \\
         [--epochs E --iterations I --val-iterations V] [-device cpu|cuda] [-o OUT] [--no-ceiling] [--max-runs K]
+        [--executor local [--jobs N --gpus 0,1,...] | --executor slurm [--partition P --time-limit T ... --no-wait]]
 
 For every seed and labeled count N (a *group*): ``nnUNetv2_sss_make_splits --num-labeled N --seed S``
 (so the labeled cases differ between seeds), then every trainer on that split, fold 0, through
@@ -20,11 +21,19 @@ different splits never overwrite each other's models or splits, and the dataset'
 in ``nnUNet_preprocessed`` is never touched. The split files are written again whenever a group
 starts (deterministic for the seed), and every row records the labeled cases it was trained on.
 
+Jobs (``jobs.py``): one per run (train, predict, evaluate, done marker), one per trainer of ``--pretrained``
+(its pretraining, before the trainer's pretrained rows), a self-training student after its teacher's run. An
+executor runs them (docs/cluster.md): ``--executor local`` (default) with ``--jobs N`` at once on ``--gpus``
+(``--jobs 1``: one after the other in this process, as the study always ran), or ``--executor slurm``, a SLURM
+job each through submitit, with SLURM's dependencies, requeued jobs continuing from their checkpoint and
+``--no-wait``; the same command again reports the jobs and resubmits only the failed or lost ones.
+
 Resuming: a run is complete when its marker ``OUT/runs/<group>/done/<trainer>.json`` exists; it
 is written atomically (temporary file, then rename) after the evaluation and holds the run's row.
 A run without marker is redone from scratch (its results, predictions and logs are deleted
 first), so a study killed at any point continues where it stopped when started again and never
-counts a half-written run. Child processes die with the study (``PR_SET_PDEATHSIG`` on Linux).
+counts a half-written run (a SLURM job that SLURM requeued continues its training from its checkpoint
+instead). Local child processes die with the study (``PR_SET_PDEATHSIG`` on Linux).
 ``OUT/study.json`` keeps the settings that must not change between restarts (dataset,
 configuration, plans, fold, schedule); another value stops the study with an error.
 
@@ -34,10 +43,14 @@ One study per output folder: a second one started on ``OUT`` stops at once, nami
 Outputs (rewritten after every run, atomically): ``runs.csv`` (one row per completed run),
 ``summary.md`` and ``learning_curve.png``.
 
-Modules: ``command`` (options, entry point), ``runner`` (:class:`~.runner.Study`: checks, main loop,
-one run, outputs), ``plan`` (runs and groups), ``trainers`` (``-tr`` names to classes), ``inputs``
-(dataset checks), ``environment`` (children's environment, ``study.json``), ``workspace`` (folders,
-split views, done markers), ``processes`` (child processes), ``rows`` (``runs.csv``), ``summary``
-(``summary.md``), ``plot`` (``learning_curve.png``); the statistics are
+Modules: ``command`` (options, executor, entry point), ``runner`` (:class:`~.runner.Study`: checks, one run,
+one pretraining, outputs), ``jobs`` (the graph), ``coordinator`` (lock, order, the loop), ``progress``
+(progress lines, time left), ``executor`` (the interface, the local executor), ``job_process`` (a job in a
+process of its own), ``slurm`` / ``slurm_options`` / ``slurm_job`` / ``job_files`` (the SLURM executor, its
+options, the job on the node, the files jobs share with the coordinator), ``resources`` (memory and CPUs a
+job asks for), ``shared_paths`` (paths jobs on other nodes can use), ``plan`` (runs and groups), ``trainers``
+(``-tr`` names to classes), ``inputs`` (dataset checks), ``environment`` (children's environment,
+``study.json``), ``workspace`` (folders, split views, done markers), ``processes`` (child processes),
+``rows`` (``runs.csv``), ``summary`` (``summary.md``), ``plot`` (``learning_curve.png``); the statistics are
 :mod:`nnunetv2_sss.evaluation.statistics`.
 """

@@ -1,4 +1,5 @@
-"""The command line of ``nnUNetv2_sss_study``: its options (:func:`build_parser`) and entry point (:func:`main`)."""
+"""The command line of ``nnUNetv2_sss_study``: its options (:func:`build_parser`), the executor they ask for
+(:func:`make_executor`) and the entry point (:func:`main`)."""
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,11 @@ import sys
 from typing import List, Optional, Sequence
 
 from nnunetv2_sss.devices import DEVICES, torch_device
-from nnunetv2_sss.errors import user_errors
+from nnunetv2_sss.errors import UserValueError, user_errors
+from nnunetv2_sss.evaluation.study.coordinator import coordinate
+from nnunetv2_sss.evaluation.study.executor import Executor, LocalExecutor, visible_gpus
 from nnunetv2_sss.evaluation.study.runner import Study
+from nnunetv2_sss.evaluation.study.slurm_options import SLURM_ONLY, add_slurm_options, slurm_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +56,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-runs", type=int, default=None,
                         help="stop after this many runs (the same command continues the study)")
     parser.add_argument("-o", default=None, help="output folder (default ./study_<dataset>_<configuration>)")
+    parser.add_argument("--executor", choices=("local", "slurm"), default="local",
+                        help="where the runs run: 'local' (default; this machine, --jobs at once) or 'slurm' (a SLURM "
+                             "job each, through submitit; docs/cluster.md)")
+    local = parser.add_argument_group("--executor local")
+    local.add_argument("--jobs", type=int, default=None, metavar="N",
+                       help="runs at once on this machine (default 1: one after the other, in this process)")
+    local.add_argument("--gpus", default=None, metavar="IDS",
+                       help="GPUs for the runs, e.g. 0,1,2,3: each run at once on its own (CUDA_VISIBLE_DEVICES, "
+                            "round robin); default with -device cuda and --jobs > 1: every visible GPU")
+    add_slurm_options(parser)
     return parser
+
+
+def check_executor(args: argparse.Namespace) -> None:
+    """The executor options, before the study is read: options of the other executor are refused; SLURM's
+    cluster and paths are checked (``slurm.check_cluster``)."""
+    if args.executor == "slurm":
+        for option in ("jobs", "gpus"):
+            if getattr(args, option) is not None:
+                raise UserValueError(f"--{option}: an option of --executor local; with --executor slurm each run is a "
+                                     f"job of its own (--gpus-per-job, --array-parallelism)")
+        from nnunetv2_sss.evaluation.study.slurm import check_cluster
+        check_cluster(slurm_options(args), args.o if args.o is not None else os.getcwd())
+        return
+    given = [flag for dest, flag in SLURM_ONLY.items() if getattr(args, dest) not in (None, False)]
+    if given:
+        raise UserValueError(f"{given[0]}: an option of --executor slurm")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserValueError(f"--jobs {args.jobs}: must be >= 1")
+    if args.gpus is not None and (args.device != "cuda" or not args.gpus.strip(", ")):
+        raise UserValueError(f"--gpus {args.gpus}: GPU ids such as 0,1 with -device cuda (the runs use -device "
+                             f"{args.device})")
+
+
+def make_executor(study: Study, args: argparse.Namespace) -> Executor:
+    """The executor of ``--executor`` (its options checked by :func:`check_executor`)."""
+    if args.executor == "slurm":
+        from nnunetv2_sss.evaluation.study.slurm import SlurmExecutor
+        return SlurmExecutor(study, slurm_options(args))
+    jobs = args.jobs or 1
+    gpus = [g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus is not None else None
+    if gpus is None and args.device == "cuda" and jobs > 1:
+        gpus = visible_gpus()
+    return LocalExecutor(study, jobs, gpus)
 
 
 def recorded_command(argv: Sequence[str]) -> str:
@@ -75,9 +122,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = build_parser().parse_args(argv)
     args.device = torch_device(args.device)
+    check_executor(args)
+    study = Study(args, recorded_command(argv))
+    executor = make_executor(study, args)
     try:
-        Study(args, recorded_command(argv)).run()
+        coordinate(study, executor, wait=not args.no_wait)
     except KeyboardInterrupt:
-        print("\ninterrupted: the runs finished so far are kept; run the same command again to continue",
-              file=sys.stderr)
+        print("\n" + executor.interrupted, file=sys.stderr)
         sys.exit(130)

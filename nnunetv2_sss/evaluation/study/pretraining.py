@@ -3,7 +3,8 @@ network first pretrained by masked image modelling (``nnUNetv2_sss_pretrain``) o
 
 - Rows: ``T+pretrained`` right after ``T`` (the same trainer, splits and seeds; its own results folder in
   each group, ``nnUNet_results+pretrained``).
-- Pretraining: once per study and trainer, before the first such run, on the study's preprocessed data:
+- Pretraining: once per study and trainer, a job of its own that the trainer's pretrained rows wait for (it
+  runs in the group of the first of them, whose row carries its seconds), on the study's preprocessed data:
   the training cases' images and the unlabeled pool, labels never read, the test images
   (``imagesTs``, never preprocessed) never seen. Every split of the study sees these same images, so
   every group starts from the same pretrained weights. Schedule: ``--pretrain-epochs`` (default the
@@ -15,8 +16,10 @@ network first pretrained by masked image modelling (``nnUNetv2_sss_pretrain``) o
 """
 from __future__ import annotations
 
+import datetime
+import json
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 from nnunetv2_sss.errors import UserValueError
 
@@ -59,21 +62,28 @@ def weights_file(results: str, dataset: str, trainer: str, plans: str, configura
     return os.path.join(folder, SAM2_WEIGHTS if sam2 else CNN_WEIGHTS)
 
 
-def pretrain(out: str, dataset: str, trainer: str, args, env: dict, preprocessed_root: str,
-             sam2: bool) -> Tuple[str, float]:
-    """The pretrained weights of ``trainer``'s network for this study (made now if missing); (path, seconds
-    this call spent)."""
+def pretraining_seconds(weights: str) -> float:
+    """Seconds from the start of the pretraining to its weights file (its ``pretraining.json``)."""
+    from nnunetv2_sss.pretraining.export import RECORD
+    with open(os.path.join(os.path.dirname(weights), RECORD)) as f:
+        record = json.load(f)
+    span = datetime.datetime.fromisoformat(record["written"]) - datetime.datetime.fromisoformat(record["started"])
+    return round(span.total_seconds(), 1)
+
+
+def pretrain(out: str, dataset: str, trainer: str, args, env: dict, preprocessed_root: str, sam2: bool) -> None:
+    """The pretrained weights of ``trainer``'s network for this study, made now if missing (an interrupted
+    pretraining continues from its last checkpoint)."""
     from nnunetv2_sss.evaluation.study.processes import run_logged
     results = os.path.join(out, "pretraining", "nnUNet_results")
     weights = weights_file(results, dataset, trainer, args.p, args.c, sam2)
     if os.path.isfile(weights):
-        return weights, 0.0
+        return
     interrupted = os.path.isfile(os.path.join(os.path.dirname(weights), "checkpoint_latest.pth"))
     command = ["nnUNetv2_sss_pretrain", "-d", dataset, "-c", args.c, "-tr", trainer, "-p", args.p,
                "-device", args.device] + (["--c"] if interrupted else [])
     schedule = {"--epochs": args.pretrain_epochs if args.pretrain_epochs is not None else args.epochs,
                 "--iterations": args.iterations, "--val-iterations": args.val_iterations}
     command += [str(part) for flag, value in schedule.items() if value is not None for part in (flag, value)]
-    seconds = run_logged(command, {**env, "nnUNet_results": results, "nnUNet_preprocessed": preprocessed_root},
-                         os.path.join(out, "pretraining", f"{trainer}.log"))
-    return weights, seconds
+    run_logged(command, {**env, "nnUNet_results": results, "nnUNet_preprocessed": preprocessed_root},
+               os.path.join(out, "pretraining", f"{trainer}.log"))

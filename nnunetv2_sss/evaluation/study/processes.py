@@ -14,7 +14,9 @@ from nnunetv2_sss.errors import UserRuntimeError
 
 
 def die_with_parent() -> None:
-    """``preexec_fn``: the child gets SIGKILL when its parent dies (Linux only)."""
+    """``preexec_fn``: the child gets SIGKILL when its parent dies (Linux only) and ignores SIGUSR2, the warning
+    SLURM sends a job's processes before its time limit (submitit's cue to requeue the study's job)."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

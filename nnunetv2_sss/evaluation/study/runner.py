@@ -1,6 +1,6 @@
-""":class:`Study`: the checked settings and plan of one ``nnUNetv2_sss_study`` command, and its main loop:
-one run after the other (make_splits for a new group, nnUNetv2_train, nnUNetv2_predict, evaluation, done
-marker), the outputs rewritten after every run, progress and an estimate of what is left."""
+""":class:`Study`: the checked settings and plan of one ``nnUNetv2_sss_study`` command, what its jobs do (one run:
+nnUNetv2_train, nnUNetv2_predict, evaluation, done marker; one pretraining) and its outputs. The order the jobs
+run in is the coordinator's (``coordinator.py``), where they run the executor's."""
 from __future__ import annotations
 
 import argparse
@@ -8,18 +8,16 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, List, Optional
-
-import numpy as np
+from typing import List, Optional, Tuple
 
 from nnunetv2_sss.atomic_files import write_text_atomically
-from nnunetv2_sss.data.folder_lock import FolderLock
-from nnunetv2_sss.errors import UserValueError, dataset_name, nnunet_path
-from nnunetv2_sss.evaluation.study.environment import check_settings, child_environment, settings_record
+from nnunetv2_sss.errors import UserRuntimeError, UserValueError, dataset_name, nnunet_path
+from nnunetv2_sss.evaluation.study.environment import child_environment, settings_record
 from nnunetv2_sss.evaluation.study.inputs import check_dataset
 from nnunetv2_sss.evaluation.study.plan import ALL, Run, parse_counts, plan_runs
 from nnunetv2_sss.evaluation.study.plot import plot_learning_curve
-from nnunetv2_sss.evaluation.study.pretraining import (is_pretrained, nnunet_trainer, pretrain, results_folder_name,
+from nnunetv2_sss.evaluation.study.pretraining import (SUFFIX, is_pretrained, nnunet_trainer, pretrain,
+                                                       pretraining_seconds, results_folder_name, weights_file,
                                                        with_pretrained_rows)
 from nnunetv2_sss.evaluation.study.processes import run_logged
 from nnunetv2_sss.evaluation.study.rows import METRICS, class_names_of, number, runs_csv
@@ -28,9 +26,13 @@ from nnunetv2_sss.evaluation.study.trainers import (check_plugin_trainers, self_
                                                     trainer_classes, uses_sam2)
 from nnunetv2_sss.evaluation.study.workspace import Workspace
 
-LOCK_FILE = ".study.lock"  # one study per output folder (data/folder_lock.py)
 SUPERVISED_DEFAULTS = ("nnUNetTrainerPlugin", "nnUNetTrainer")
 ROUND_STUDENTS = ("nnUNetTrainerSelfTraining", "nnUNetTrainerSelfTraining_round2")
+CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")  # what nnU-Net's --c loads
+
+
+def has_checkpoint(fold_folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(fold_folder, name)) for name in CHECKPOINTS)
 
 
 def with_self_training_rounds(trainers: List[str], rounds: Optional[int]) -> List[str]:
@@ -98,9 +100,10 @@ class Study:
                                    self.env)
         self.record = settings_record(self.dataset, args, self.env)
 
-    # -- one run ----------------------------------------------------------------------------------------
-    def execute(self, run: Run, preprocessed_root: str) -> dict:
-        """Train, predict and evaluate one run (from scratch); its row, also written as its done marker."""
+    # -- one job -------------------------------------------------------------------------------------------
+    def execute(self, run: Run, preprocessed_root: str, resume: bool = False) -> dict:
+        """Train, predict and evaluate one run; its row, also written as its done marker. From scratch, or with
+        ``resume`` (its job was requeued by the scheduler) from the training's last checkpoint if it has one."""
         from nnunetv2_sss.evaluation.evaluate import FOREGROUND_MEAN, evaluate_folders, stats_of
 
         args, group, trainer = self.args, self.workspace.group_folder(run), nnunet_trainer(run.trainer)
@@ -108,22 +111,25 @@ class Study:
         trainer_folder = os.path.join(results, self.dataset, f"{trainer}__{args.p}__{args.c}")
         predictions = os.path.join(group, "predictions", run.trainer)
         logs = os.path.join(group, "logs")
-        for folder in (trainer_folder, predictions):  # a half-written run is redone from scratch
+        continued = resume and has_checkpoint(os.path.join(trainer_folder, f"fold_{args.fold}"))
+        for folder in (predictions,) if continued else (trainer_folder, predictions):  # half-written: from scratch
             shutil.rmtree(folder, ignore_errors=True)
         os.makedirs(results, exist_ok=True)
         env = {**self.env, "nnUNet_preprocessed": preprocessed_root, "nnUNet_results": results,
                "nnUNet_sss_seed": str(run.seed)}
         started = time.time()
-        times = self.make_pseudo_labels(run, env, logs) if run.trainer in self.teachers else {}
-        start_from = []
+        times = self.make_pseudo_labels(run, env, logs, clean=not continued) if run.trainer in self.teachers else {}
+        start_from = ["--c"] if continued else []
         if is_pretrained(run.trainer):
-            weights, seconds = pretrain(self.out, self.dataset, trainer, args, {**env, "nnUNet_sss_seed": str(self.seeds[0])},
-                                        preprocessed_root, run.trainer in self.sam2_trainers)
-            times["pretrain_seconds"] = round(seconds, 1)  # 0 where an earlier run made them
+            weights, seconds = self.pretrained_start(run)
+            times["pretrain_seconds"] = seconds  # 0 but in the first row of the trainer
+            started -= seconds
             if run.trainer in self.sam2_trainers:
                 env["nnUNet_sss_sam2_checkpoint"] = weights
-            else:
+            elif not continued:
                 start_from = ["-pretrained_weights", weights]
+        if (args.gpus_per_job or 1) > 1:  # a SLURM job with several GPUs: nnU-Net's DDP training on them
+            start_from.extend(["-num_gpus", str(args.gpus_per_job)])
         train_seconds = run_logged(["nnUNetv2_train", self.dataset, args.c, str(args.fold), "-tr", trainer,
                                     "-p", args.p, "-device", args.device] + start_from,
                                    env, os.path.join(logs, f"{run.trainer}_train.log"))
@@ -154,13 +160,37 @@ class Study:
         self.workspace.write_marker(run, row)
         return row
 
-    def make_pseudo_labels(self, run: Run, env: dict, logs: str) -> dict:
+    def pretrain(self, first: Run) -> None:
+        """The pretrained weights of the network of ``first``'s trainer for the study's ``--pretrained`` rows
+        (``first``: the first of them, in whose group it runs; seed: the study's first)."""
+        pretrain(self.out, self.dataset, nnunet_trainer(first.trainer), self.args,
+                 {**self.env, "nnUNet_sss_seed": str(self.seeds[0])}, self.workspace.preprocessed_root(first),
+                 first.trainer in self.sam2_trainers)
+
+    def pretrained_weights(self, trainer: str) -> str:
+        return weights_file(os.path.join(self.out, "pretraining", "nnUNet_results"), self.dataset, trainer, self.args.p,
+                            self.args.c, trainer + SUFFIX in self.sam2_trainers)
+
+    def has_pretrained_weights(self, trainer: str) -> bool:
+        return os.path.isfile(self.pretrained_weights(trainer))
+
+    def pretrained_start(self, run: Run) -> Tuple[str, float]:
+        """(weights, seconds of the pretraining): the first row of the trainer carries the seconds, the others 0."""
+        weights = self.pretrained_weights(nnunet_trainer(run.trainer))
+        if not os.path.isfile(weights):
+            raise UserRuntimeError(f"{weights} not found: the pretraining of {nnunet_trainer(run.trainer)} has not "
+                                   "finished; run the study again")
+        first = next(r for r in self.runs if r.trainer == run.trainer)
+        return weights, pretraining_seconds(weights) if run == first else 0.0
+
+    def make_pseudo_labels(self, run: Run, env: dict, logs: str, clean: bool = True) -> dict:
         """A self-training student's pseudo-labels, by its teacher's run of the same group (done before it);
-        the seconds of teacher and pseudo-labelling for the row."""
+        the seconds of teacher and pseudo-labelling for the row. ``clean=False`` (a student's training that
+        continues): the pool its training started with is kept."""
         args, teacher = self.args, self.teachers[run.trainer]
         seconds = run_logged(["nnUNetv2_sss_pseudo_label", "-d", self.dataset, "-c", args.c, "-p", args.p, "-tr", teacher,
-                              "-f", str(args.fold), "--round", str(self.rounds[run.trainer]), "-device", args.device,
-                              "--clean"] + (["--disable-tta"] if args.disable_tta else []),
+                              "-f", str(args.fold), "--round", str(self.rounds[run.trainer]), "-device", args.device]
+                             + (["--clean"] if clean else []) + (["--disable-tta"] if args.disable_tta else []),
                              env, os.path.join(logs, f"{run.trainer}_pseudo_label.log"))
         teacher_row = self.workspace.row(Run(teacher, run.num_labeled, run.seed))
         return {"teacher": teacher, "teacher_seconds": teacher_row["train_seconds"],
@@ -176,8 +206,14 @@ class Study:
             return None, None
 
     # -- outputs --------------------------------------------------------------------------------------------
-    def write_outputs(self, evaluated_on: str) -> None:
+    @property
+    def evaluated_on(self) -> str:
+        return (f"test (imagesTs + labelsTs of {self.dataset})" if self.workspace.has_test else
+                f"validation cases of fold {self.args.fold} (the dataset has no imagesTs + labelsTs)")
+
+    def write_outputs(self) -> None:
         """``runs.csv``, ``summary.md`` and ``learning_curve.png`` of the runs completed so far."""
+        evaluated_on = self.evaluated_on
         rows = self.workspace.completed_rows(self.runs)
         write_text_atomically(os.path.join(self.out, "runs.csv"), runs_csv(rows))
         record = self.record
@@ -202,47 +238,3 @@ class Study:
         title = f"{self.dataset} {self.args.c}: mean ± std over {len(self.seeds)} seeds ({evaluated})"
         plot_learning_curve(rows, self.trainers, self.counts, self.supervised,
                             os.path.join(self.out, "learning_curve.png"), title)
-
-    # -- main loop -------------------------------------------------------------------------------------------
-    def run(self) -> None:
-        with FolderLock(self.out, "nnUNetv2_sss_study", LOCK_FILE):
-            check_settings(self.out, self.record)
-            evaluated_on = (f"test (imagesTs + labelsTs of {self.dataset})" if self.workspace.has_test else
-                            f"validation cases of fold {self.args.fold} (the dataset has no imagesTs + labelsTs)")
-            pending = [r for r in self.runs if not self.workspace.is_done(r)]
-            print(f"nnUNetv2_sss_study: {len(self.runs)} runs ({len(self.trainers)} trainers x {len(self.counts)} "
-                  f"labeled counts x {len(self.seeds)} seeds" + (f" + {len(self.seeds)} ceiling runs" if self.ceiling
-                                                                  else "") +
-                  f"), {len(self.runs) - len(pending)} already done; evaluated on {evaluated_on}; output {self.out}",
-                  flush=True)
-            done_before = {r: number(self.workspace.row(r).get("seconds")) for r in self.runs if r not in pending}
-            started, this_session = time.time(), {}
-            prepared = {}
-            for index, run in enumerate(self.runs, 1):
-                if run not in pending:
-                    continue
-                if self.args.max_runs is not None and len(this_session) >= self.args.max_runs:
-                    print(f"stopped after {len(this_session)} runs (--max-runs); run the same command again to "
-                          f"continue", flush=True)
-                    break
-                label = f"{run.trainer}, {run.num_labeled} labeled, seed {run.seed}"
-                print(f"[{index}/{len(self.runs)}] {label}: training ...", flush=True)
-                if run.group not in prepared:  # split files of this group, written again now
-                    prepared[run.group] = self.workspace.prepare_group(run)
-                row = self.execute(run, prepared[run.group])
-                this_session[run] = number(row["seconds"])
-                self.write_outputs(evaluated_on)
-                left = [r for r in pending if r not in this_session]
-                estimate = sum(self._estimate(r, {**done_before, **this_session}) for r in left)
-                print(f"[{index}/{len(self.runs)}] {label}: mean Dice {row['dice_mean']:.2f} % ("
-                      + ", ".join(f"{c} {number(row[f'dice_{c}']):.2f}" for c in class_names_of([row]))
-                      + f"), {row['seconds']:.0f} s; elapsed {format_seconds(time.time() - started)}, "
-                      f"{len(left)} runs left, about {format_seconds(estimate)}", flush=True)
-            self.write_outputs(evaluated_on)
-            print(f"written {os.path.join(self.out, 'runs.csv')}, summary.md, learning_curve.png", flush=True)
-
-    def _estimate(self, run: Run, seconds: Dict[Run, float]) -> float:
-        """Mean seconds of the trainer's completed runs, else of all completed runs."""
-        same = [s for r, s in seconds.items() if r.trainer == run.trainer and np.isfinite(s)]
-        every = [s for s in seconds.values() if np.isfinite(s)]
-        return float(np.mean(same)) if same else (float(np.mean(every)) if every else 0.0)

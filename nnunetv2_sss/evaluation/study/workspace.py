@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import List, Sequence, Tuple
 
 from nnunetv2_sss.atomic_files import write_text_atomically
@@ -50,10 +49,14 @@ class Workspace:
         return [self.row(run) for run in runs if self.is_done(run)]
 
     # -- a group's preprocessed view ----------------------------------------------------------------------
+    def preprocessed_root(self, run: Run) -> str:
+        """The nnUNet_preprocessed root of the run's group (its view of the preprocessed dataset)."""
+        return os.path.join(self.group_folder(run), "nnUNet_preprocessed")
+
     def prepare_group(self, run: Run) -> str:
         """The group's preprocessed view (links to the shared data) with its own split files, written
         again now; returns the view's nnUNet_preprocessed root."""
-        root = os.path.join(self.group_folder(run), "nnUNet_preprocessed")
+        root = self.preprocessed_root(run)
         view = os.path.join(root, self.dataset)
         os.makedirs(view, exist_ok=True)
         for entry in sorted(os.listdir(self.shared)):
@@ -80,17 +83,25 @@ class Workspace:
         if self.has_test:
             count = len([f for f in os.listdir(self.test_labels) if f.endswith(self.ending)])
             return self.test_images, self.test_labels, f"test ({count} held-out cases, imagesTs + labelsTs)"
-        # no held-out set: the fold's validation cases, linked into the group folder
+        # no held-out set: the fold's validation cases, linked into the group folder (the links a run of the
+        # group running at the same time may be reading are kept: the same split gives the same links)
         validation = self.split_of(preprocessed_root)["val"]
         images = os.path.join(self.group_folder(run), "validation_images")
         labels = os.path.join(self.group_folder(run), "validation_labels")
         for folder in (images, labels):
-            shutil.rmtree(folder, ignore_errors=True)
-            os.makedirs(folder)
+            os.makedirs(folder, exist_ok=True)
         for case in validation:
             for f in os.listdir(os.path.join(self.raw, "imagesTr")):
                 if f.startswith(case + "_") and f.endswith(self.ending) and len(f) == len(case) + 5 + len(self.ending):
-                    os.symlink(os.path.join(self.raw, "imagesTr", f), os.path.join(images, f))
-            os.symlink(os.path.join(self.raw, "labelsTr", case + self.ending), os.path.join(labels, case + self.ending))
+                    _link(os.path.join(self.raw, "imagesTr", f), os.path.join(images, f))
+            _link(os.path.join(self.raw, "labelsTr", case + self.ending), os.path.join(labels, case + self.ending))
         return images, labels, (f"validation ({len(validation)} validation cases of fold {self.fold}; "
                                 "the dataset has no imagesTs + labelsTs)")
+
+
+def _link(target: str, link: str) -> None:
+    """``link`` -> ``target``, unless it exists (made by another run of the group)."""
+    try:
+        os.symlink(target, link)
+    except FileExistsError:
+        pass

@@ -1,0 +1,270 @@
+"""``nnUNetv2_sss_study``'s executors (issue 27): the study as a graph of jobs, run on this machine
+(``--executor local``) or on a real one-node SLURM cluster (``--executor slurm``, ``tests/slurm_cluster.py``;
+skipped with the reason where its Debian packages are missing).
+
+One small study for all of it (tiny dataset, fold 0, 2 labeled, seed 0, 2 epochs x 2 iterations on CPU):
+``nnUNetTrainerPlugin``, its pretrained row (a pretraining job first) and the self-training student (after its
+teacher's run).
+
+- local: ``--jobs 1`` for the first run (``--max-runs 1``), then ``--jobs 2`` for the rest: the student and
+  the pretraining run at once, and every row equals the SLURM study's;
+- SLURM (the jobs get the study's environment from the study only: ``--export`` of SLURM's own variables):
+  ``--no-wait`` twice (nothing submitted twice), the student's job requeued (``scontrol requeue``) once
+  its first epoch's checkpoint exists (its training continues from it: the second training log starts at
+  epoch 1), the pretrained row's job cancelled (``scancel``) while it trains, then the same command, waiting:
+  it submits that job only and ends with the rows, splits and predictions of the local study (the student's
+  Dice aside: its training was interrupted);
+- bad input (unknown partition, a relative ``-o``, a missing submitit, an ``#SBATCH`` line SLURM rejects):
+  one ``ERROR:`` line each, nothing submitted;
+- the graph, the option parsing and the path checks (unit).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import TRAINERS_FOLDER
+from helpers import run_cli
+from slurm_cluster import OneNodeCluster, missing
+from nnunetv2_sss.errors import UserValueError
+from nnunetv2_sss.evaluation.study.command import build_parser
+from nnunetv2_sss.evaluation.study.jobs import jobs_to_do, study_jobs
+from nnunetv2_sss.evaluation.study.plan import plan_runs
+from nnunetv2_sss.evaluation.study.shared_paths import node_local, unshared_path
+from nnunetv2_sss.evaluation.study.slurm_options import sbatch_lines, time_minutes
+
+TEACHER, STUDENT = "nnUNetTrainerPlugin", "nnUNetTrainerSelfTraining"
+PRETRAINED = TEACHER + "+pretrained"
+TIMING = ("train_seconds", "seconds", "finished", "pretrain_seconds", "teacher_seconds", "pseudo_label_seconds")
+DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "cluster.md")
+
+
+def study_command(dataset, out, *extra):
+    return ["nnUNetv2_sss_study", "-d", dataset.dataset_id, "-c", "2d", "--num-labeled", 2, "--seeds", 1,
+            "-tr", TEACHER, STUDENT, "--pretrained", TEACHER, "--epochs", 2, "--iterations", 2, "--val-iterations", 1,
+            "-device", "cpu", "--no-ceiling", "--disable-tta", "-o", out, *extra]
+
+
+def rows_of(out) -> dict:
+    with open(out / "runs.csv") as f:
+        return {row["trainer"]: {k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)}
+
+
+def fold_of(out, row):
+    results = "nnUNet_results+pretrained" if row.endswith("+pretrained") else "nnUNet_results"
+    trainer = row.removesuffix("+pretrained")
+    return out / "runs" / "n2_s0" / results / "Dataset901_Tiny" / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+
+
+def lines_with(text: str, pattern: str) -> list:
+    return [i for i, line in enumerate(text.splitlines()) if re.search(pattern, line)]
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"no {what} after {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def local_study(nnunet_dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("local") / "study"
+    env = nnunet_dataset.env()
+    first = run_cli(study_command(nnunet_dataset, out, "--max-runs", 1), env).stdout
+    second = run_cli(study_command(nnunet_dataset, out, "--jobs", 2), env).stdout
+    return out, first, second
+
+
+def test_local_jobs_2_runs_two_jobs_at_once(local_study):
+    out, first, second = local_study
+    assert "[1/3] nnUNetTrainerPlugin, 2 labeled, seed 0: training ..." in first
+    assert "stopped after 1 runs (--max-runs)" in first, first
+    assert "3 runs (3 trainers x 1 labeled counts x 1 seeds), 1 already done" in second, second
+    # the student (its teacher is done) and the pretraining start before either has finished
+    started = lines_with(second, rf"\[pretraining\] {TEACHER}: started|{STUDENT}, 2 labeled, seed 0: training \.\.\.")
+    ended = lines_with(second, r": finished|mean Dice")
+    assert len(started) == 2 and max(started) < min(ended), second
+    assert set(rows_of(out)) == {TEACHER, PRETRAINED, STUDENT}
+    assert not (out / "jobs").exists()  # the local executor leaves no job files
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    one_node = OneNodeCluster()
+    one_node.start()
+    yield one_node
+    one_node.stop()
+
+
+def job_id(out, name: str) -> str:
+    return json.loads((out / "jobs" / f"{name}.json").read_text())["job_id"]
+
+
+def test_study_on_slurm_resumes_and_resubmits_only_what_was_lost(cluster, nnunet_dataset, local_study, tmp_path):
+    local_out = local_study[0]
+    out = tmp_path / "study"
+    env = nnunet_dataset.env(**cluster.env)
+    # the jobs get nothing of this environment from SLURM, only through the study (and SLURM's own variables)
+    command = study_command(nnunet_dataset, out, "--executor", "slurm", "--time-limit", 15, "--poll-seconds", 1,
+                            "--sbatch", "export=SLURM_CONF,SUBMITIT_EXECUTOR")
+    names = [f"n2_s0_{row}" for row in (TEACHER, PRETRAINED, STUDENT)] + [f"pretrain_{TEACHER}"]
+
+    first = run_cli(command + ["--no-wait"], env).stdout
+    assert len(lines_with(first, r": submitted \(job \d+")) == 4, first
+    ids = {name: job_id(out, name) for name in names}
+    assert set(ids.values()) <= set(cluster.jobs())
+    second = run_cli(command + ["--no-wait"], env).stdout
+    assert "submitted" not in second and {name: job_id(out, name) for name in names} == ids, second
+    assert len(cluster.jobs()) == 4
+
+    # cancel the pretrained row's job while it trains: lost, submitted again by the next command
+    train_log = out / "runs" / "n2_s0" / "logs" / f"{PRETRAINED}_train.log"
+    wait_for(train_log.exists, 600, "training of the pretrained row")
+    cluster.command(["scancel", ids[f"n2_s0_{PRETRAINED}"]])
+    # requeue the student once its first epoch's checkpoint is written: its training continues from it
+    student_fold = fold_of(out, STUDENT)
+    wait_for(lambda: (student_fold / "checkpoint_latest.pth").exists(), 600, "first epoch of the student")
+    cluster.command(["scontrol", "requeue", ids[f"n2_s0_{STUDENT}"]])
+    wait_for(lambda: cluster.jobs().get(ids[f"n2_s0_{PRETRAINED}"]) in (None, "CANCELLED"), 60, "cancelled job")
+
+    third = run_cli(command, env).stdout
+    assert re.search(rf"{re.escape(PRETRAINED)}, 2 labeled, seed 0: lost \(job {ids[f'n2_s0_{PRETRAINED}']}: "
+                     r"CANCELLED", third), third
+    resubmitted = lines_with(third, "submitted")
+    assert len(resubmitted) == 1 and PRETRAINED in third.splitlines()[resubmitted[0]], third
+    assert {n: job_id(out, n) for n in names if n != f"n2_s0_{PRETRAINED}"} == \
+        {n: i for n, i in ids.items() if n != f"n2_s0_{PRETRAINED}"}
+    assert "runs: 3 finished" in third, third
+
+    logs = sorted(student_fold.glob("training_log_*.txt"))
+    assert len(logs) == 2, logs
+    assert "Epoch 0 " in logs[0].read_text() and "Epoch 0 " not in logs[1].read_text()
+    assert json.loads((out / "jobs" / f"n2_s0_{STUDENT}.state.json").read_text())["restarts"] == 1
+
+    slurm_rows, local_rows = rows_of(out), rows_of(local_out)
+    assert slurm_rows.keys() == local_rows.keys()
+    for row in (TEACHER, PRETRAINED):
+        assert slurm_rows[row] == local_rows[row], row
+    assert 0 <= float(slurm_rows[STUDENT]["dice_mean"]) <= 100
+    view = os.path.join("runs", "n2_s0", "nnUNet_preprocessed", "Dataset901_Tiny")
+    for split in ("splits_final.json", "splits_semi_supervised.json"):
+        assert (out / view / split).read_bytes() == (local_out / view / split).read_bytes()
+    for row in (TEACHER, PRETRAINED):
+        predictions = sorted((local_out / "runs" / "n2_s0" / "predictions" / row).glob("*.nii.gz"))
+        assert predictions
+        for local in predictions:
+            slurm = out / "runs" / "n2_s0" / "predictions" / row / local.name
+            assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(slurm))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(local)))), local
+
+
+def test_bad_input_for_slurm_one_error_and_nothing_submitted(cluster, nnunet_dataset, tmp_path):
+    env = nnunet_dataset.env(**cluster.env)
+    shadow = tmp_path / "no_submitit" / "submitit"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'submitit'\", name='submitit')\n")
+    before = set(cluster.jobs())
+    for out, extra, overrides, message in (
+            (tmp_path / "study", ["--partition", "nosuch"], {}, "--partition nosuch: no such partition (sinfo lists: "
+                                                                "debug)"),
+            ("relative/study", [], {}, "-o relative/study: a relative path"),
+            (tmp_path / "study", [], {"PYTHONPATH": shadow.parent}, "--executor slurm needs submitit"),
+            (tmp_path / "study", ["--sbatch", "constraint=nosuchfeature"], {}, "sbatch rejects the study's jobs")):
+        result = run_cli(study_command(nnunet_dataset, out, "--executor", "slurm", *extra),
+                         {**env, **{k: str(v) for k, v in overrides.items()}}, expect_failure=True, cwd=str(tmp_path))
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and lines[-1].startswith("ERROR: ") and message in lines[-1], result.stderr
+        assert "Traceback" not in result.stderr
+    assert set(cluster.jobs()) == before
+    assert not (tmp_path / "study").exists() and not (tmp_path / "relative").exists()
+
+
+FAILING_TRAINER = """
+from nnunetv2_sss.training.base import nnUNetTrainerPlugin
+
+
+class nnUNetTrainerFailsOnPurpose(nnUNetTrainerPlugin):
+    def initialize(self):
+        raise SystemExit("ERROR: nnUNetTrainerFailsOnPurpose: this training fails on purpose")
+"""
+
+
+def test_a_failed_slurm_job_is_reported_with_its_error_and_logs_and_resubmitted(cluster, nnunet_dataset, tmp_path):
+    (tmp_path / "trainers").mkdir()
+    (tmp_path / "trainers" / "nnUNetTrainerFailsOnPurpose.py").write_text(FAILING_TRAINER)
+    env = nnunet_dataset.env(**cluster.env, nnUNet_extTrainer=f"{TRAINERS_FOLDER}:{tmp_path / 'trainers'}")
+    command = ["nnUNetv2_sss_study", "-d", nnunet_dataset.dataset_id, "-c", "2d", "--num-labeled", 2, "--seeds", 1,
+               "-tr", "nnUNetTrainerFailsOnPurpose", "-device", "cpu", "--no-ceiling", "-o", tmp_path / "study",
+               "--executor", "slurm", "--time-limit", 15, "--poll-seconds", 1]
+    failed = rf"failed \(job (\d+): nnUNetv2_train exited with code 1 \(ERROR: nnUNetTrainerFailsOnPurpose: this " \
+             rf"training fails on purpose\); full output: {tmp_path}/study/runs/n2_s0/logs/nnUNetTrainerFailsOnPurpose" \
+             rf"_train.log; job log {tmp_path}/study/jobs/slurm/\1_0_log.out\)"
+    first = run_cli(command, env, expect_failure=True)
+    assert re.search(failed, first.stdout), first.stdout
+    assert first.stderr.strip().splitlines()[-1].startswith(
+        "ERROR: nnUNetTrainerFailsOnPurpose, 2 labeled, seed 0: job "), first.stderr
+    again = run_cli(command + ["--no-wait"], env).stdout  # reported, then submitted again
+    assert re.search(failed, again) and len(lines_with(again, r": submitted \(job \d+\)")) == 1, again
+    cluster.command(["scancel", job_id(tmp_path / "study", "n2_s0_nnUNetTrainerFailsOnPurpose")])
+
+
+# ---- unit -------------------------------------------------------------------------------------------------
+def test_jobs_pretraining_before_its_rows_teacher_before_student_and_max_runs():
+    runs = plan_runs([TEACHER, PRETRAINED, STUDENT], [2], [0, 1], TEACHER, ceiling=False)
+    study = SimpleNamespace(runs=runs, teachers={STUDENT: TEACHER})
+    jobs = study_jobs(study)
+    assert [(j.name, j.after) for j in jobs[:4]] == [
+        (f"n2_s0_{TEACHER}", ()), (f"pretrain_{TEACHER}", ()), (f"n2_s0_{PRETRAINED}", (f"pretrain_{TEACHER}",)),
+        (f"n2_s0_{STUDENT}", (f"n2_s0_{TEACHER}",))]
+    assert len(jobs) == 7 and jobs[1].pretraining and jobs[1].trainer == TEACHER and jobs[1].run.group == "n2_s0"
+    todo, stopped = jobs_to_do(jobs, {f"n2_s0_{TEACHER}"}, max_runs=1)
+    assert [j.name for j in todo] == [f"pretrain_{TEACHER}", f"n2_s0_{PRETRAINED}"] and stopped
+    todo, stopped = jobs_to_do(jobs, {j.name for j in jobs[:4]}, max_runs=None)
+    assert [j.name for j in todo] == [f"n2_s1_{TEACHER}", f"n2_s1_{PRETRAINED}", f"n2_s1_{STUDENT}"] and not stopped
+
+
+def test_slurm_option_values():
+    assert [time_minutes(t) for t in ("90", "10:30", "2:00:00", "1-12", "1-0:01", "0-0:5:1")] == \
+        [90, 11, 120, 2160, 1441, 6]
+    for bad in ("", "1h", "0", "1-", "4:59"):
+        with pytest.raises(UserValueError, match="--time-limit"):
+            time_minutes(bad)
+    assert sbatch_lines(["constraint=a100", "--exclusive", "mail-type=END,FAIL"]) == \
+        {"constraint": "a100", "exclusive": True, "mail-type": "END,FAIL"}
+    with pytest.raises(UserValueError, match="--sbatch constraint="):
+        sbatch_lines(["constraint="])
+
+
+def test_paths_jobs_on_other_nodes_cannot_use(tmp_path):
+    assert node_local("/tmp/x", {}) == "under /tmp"
+    assert node_local(str(tmp_path / "a"), {"TMPDIR": str(tmp_path)}).startswith("under ")
+    assert node_local("/dev/shm/x", {}) == "under /dev/shm"
+    assert unshared_path({"nnUNet_raw": "raw"}, {}, one_node=True).startswith("nnUNet_raw raw: a relative path")
+    assert unshared_path({"-o": "/tmp/s", "nnUNet_raw": None}, {}, one_node=True) is None  # one node: all is shared
+    assert "storage of this node only" in unshared_path({"-o": "/tmp/s"}, {}, one_node=False)
+
+
+def test_the_cluster_page_commands_parse():
+    """Every ``nnUNetv2_sss_study`` command of docs/cluster.md is one the command's parser accepts."""
+    with open(DOCS) as f:
+        blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", f.read(), re.S)
+    commands = [line for block in blocks for line in block.replace("\\\n", " ").splitlines()
+                if line.strip().startswith("nnUNetv2_sss_study")]
+    assert len(commands) >= 3
+    for line in commands:
+        words = shlex.split(re.sub(r"\$\{?\w+\}?", "0", line.split("#")[0]))[1:]  # a shell variable: 0
+        build_parser().parse_args(words)  # exits (fails the test) on an unknown option
