@@ -44,7 +44,7 @@ def model(nnunet_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("active")
     preprocessed = nnunet_dataset.copy_preprocessed(root)
     env = nnunet_dataset.env(nnUNet_results=root / "results", nnUNet_preprocessed=preprocessed)
-    run_cli(["nnUNetv2_sss_make_splits", "-d", nnunet_dataset.dataset_id, "--num-labeled", 3], env)
+    run_cli(["nnUNetv2_sss_make_splits", "-d", nnunet_dataset.dataset_id, "--num-labeled", 3, "--force"], env)
     run_cli(["nnUNetv2_train", nnunet_dataset.dataset_id, "2d", 0, "-tr", TRAINER, "-device", "cpu"], env)
     return root, preprocessed, env
 

@@ -14,10 +14,11 @@ from nnunetv2_sss.evaluation.study.coordinator import coordinate
 from nnunetv2_sss.evaluation.study.executor import Executor, LocalExecutor, visible_gpus
 from nnunetv2_sss.evaluation.study.runner import Study
 from nnunetv2_sss.evaluation.study.slurm_options import SLURM_ONLY, add_slurm_options, slurm_options
+from nnunetv2_sss.version import command_parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
         prog="nnUNetv2_sss_study",
         description="Supervised vs semi-supervised trainers over labeled counts and seeds: splits, nnUNetv2_train, "
                     "nnUNetv2_predict and evaluation per run, resumable; writes runs.csv, summary.md and "

@@ -40,14 +40,15 @@ def child_environment(args: argparse.Namespace, raw_root: str) -> dict:
 
 def settings_record(dataset: str, args: argparse.Namespace, env: dict) -> dict:
     """The settings of a study as ``OUT/study.json`` holds them."""
-    from nnunetv2_sss import settings
+    from nnunetv2_sss import __version__, settings
     return {"dataset": dataset, "configuration": args.c, "plans": args.p, "fold": args.fold,
             "epochs": env.get(settings.NUM_EPOCHS, "trainer default"),
             "iterations_per_epoch": env.get(settings.ITERATIONS_PER_EPOCH, "trainer default"),
             "val_iterations_per_epoch": env.get(settings.VAL_ITERATIONS_PER_EPOCH, "trainer default"),
             "disable_tta": bool(args.disable_tta),
             "nnUNet_n_proc_DA": env.get("nnUNet_n_proc_DA", "nnU-Net default"),
-            "sam2_config": env[settings.SAM2_CONFIG], "sam2_checkpoint": env[settings.SAM2_CHECKPOINT]}
+            "sam2_config": env[settings.SAM2_CONFIG], "sam2_checkpoint": env[settings.SAM2_CHECKPOINT],
+            "plugin_version": __version__}
 
 
 def check_settings(out: str, record: dict) -> None:

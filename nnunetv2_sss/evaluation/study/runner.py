@@ -10,6 +10,7 @@ import shutil
 import time
 from typing import List, Optional, Tuple
 
+from nnunetv2_sss import __version__
 from nnunetv2_sss.atomic_files import write_text_atomically
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, dataset_name, nnunet_path
 from nnunetv2_sss.evaluation.study.environment import child_environment, settings_record
@@ -156,7 +157,8 @@ class Study:
         row.update({"train_seconds": round(train_seconds, 1), **times, "seconds": round(time.time() - started, 1),
                     "epochs": epochs, "iterations_per_epoch": iterations,
                     "iterations": epochs * iterations if epochs and iterations else "",
-                    "device": args.device, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
+                    "device": args.device, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                    "plugin_version": __version__})
         self.workspace.write_marker(run, row)
         return row
 
@@ -226,7 +228,9 @@ class Study:
                   f"(validation iterations {record['val_iterations_per_epoch']}); device {self.args.device}; "
                   f"nnUNet_n_proc_DA {record['nnUNet_n_proc_DA']}",
                   f"- time: {format_seconds(sum(number(r['seconds']) for r in rows))} of runs "
-                  f"(training {format_seconds(sum(number(r['train_seconds']) for r in rows))})"]
+                  f"(training {format_seconds(sum(number(r['train_seconds']) for r in rows))})",
+                  f"- nnunetv2-sss: {', '.join(sorted({str(r.get('plugin_version', 'before 0.2.0')) for r in rows}))} "
+                  f"(the runs); {record['plugin_version']} (this command)"]
         if self.sam2_trainers:
             header.append(f"- SAM-2: {record['sam2_config']}, weights {record['sam2_checkpoint']}"
                           + (" (random: says nothing about SSS with a pretrained SAM-2)"
