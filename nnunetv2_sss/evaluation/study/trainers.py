@@ -13,7 +13,7 @@ from nnunetv2_sss.errors import UserValueError
 
 
 @contextlib.contextmanager
-def _ext_trainer(value: str) -> Iterator[None]:
+def trainer_search_path(value: str) -> Iterator[None]:
     """``nnUNet_extTrainer`` set to ``value`` in this process for the block (nnU-Net reads it from there)."""
     previous = os.environ.get("nnUNet_extTrainer")
     os.environ["nnUNet_extTrainer"] = value
@@ -32,7 +32,7 @@ def trainer_classes(names: Sequence[str], ext_trainer: str) -> Dict[str, type]:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     classes = {}
-    with _ext_trainer(ext_trainer), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with trainer_search_path(ext_trainer), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nnU-Net's search imports every trainer module and tells about it
         for name in names:
             try:
