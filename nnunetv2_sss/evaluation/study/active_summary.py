@@ -140,6 +140,6 @@ def active_learning_markdown(rows: Sequence[dict], trainers: Sequence[str], acti
                          f"{_cell(mean_std([v / 1000 for v in voxels]), 0)} | "
                          f"{_cell(mean_std([f / 1000 for f in foreground]), 1)} | {_cell(mean_std(share), 2)} | "
                          f"{_cell(mean_std(_round_values(rows, trainer, strategy, 'scoring_seconds_per_scan')), 2)} | "
-                         f"{_cell(mean_std(_round_values(rows, trainer, strategy, 'query_seconds')), 0)} |")
+                         f"{_cell(mean_std(_round_values(rows, trainer, strategy, 'query_seconds')))} |")
     lines.append("")
     return lines

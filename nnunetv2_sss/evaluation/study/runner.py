@@ -58,7 +58,7 @@ def active_learning(args: argparse.Namespace, counts: List[int]) -> Optional[Act
     """``--active-learning S ... --budget K --al-rounds R``, checked (one user error naming the option), from
     the smallest labeled count; ``None`` without ``--active-learning``."""
     if not args.active_learning:
-        given = [flag for flag, value in (("--budget", args.budget), ("--al-rounds", args.al_rounds)) if value]
+        given = [flag for flag, value in (("--budget", args.budget), ("--al-rounds", args.al_rounds)) if value is not None]
         if given:
             raise UserValueError(f"{given[0]}: an option of --active-learning (give the strategies to simulate)")
         return None
@@ -69,10 +69,12 @@ def active_learning(args: argparse.Namespace, counts: List[int]) -> Optional[Act
         raise UserValueError(f"--active-learning {unknown[0]}: not a strategy; one of {', '.join(known)}")
     if len(set(args.active_learning)) != len(args.active_learning):
         raise UserValueError(f"--active-learning {' '.join(args.active_learning)}: a strategy is listed twice")
-    for flag, value in (("--budget", args.budget), ("--al-rounds", args.al_rounds)):
-        if value is None or value < 1:
-            raise UserValueError(f"{flag} {'' if value is None else value}: --active-learning needs {flag} >= 1 "
-                                 f"(scans revealed per round, rounds)")
+    for flag, value, what in (("--budget", args.budget, "the scans revealed per round"),
+                              ("--al-rounds", args.al_rounds, "the rounds")):
+        if value is None:
+            raise UserValueError(f"--active-learning needs {flag} ({what})")
+        if value < 1:
+            raise UserValueError(f"{flag} {value}: must be >= 1")
     several = [name for name in args.active_learning if known[name].min_predictions > 1]
     if several and args.disable_tta:
         raise UserValueError(f"--active-learning {several[0]} needs several predictions of each scan, and a study's "
