@@ -78,10 +78,10 @@ def _rows() -> list:
         for strategy, by_seed in ROUNDS.items():
             for seed, values in by_seed.items():
                 for index, dice in enumerate(values):
-                    rows.append({"trainer": trainer, "num_labeled": 4 + 2 * index, "seed": seed, "dice_mean": dice + shift,
-                                 "strategy": strategy, "round": index + 1, "revealed_voxels": 64000,
-                                 "revealed_foreground_voxels": FOREGROUND[seed][index], "query_seconds": 10.0 + index,
-                                 "scoring_seconds_per_scan": 0.5 + index})
+                    rows.append({"trainer": trainer, "num_labeled": 4 + 2 * index, "seed": seed,
+                                 "dice_mean": dice + shift, "strategy": strategy, "round": index + 1,
+                                 "revealed_voxels": 64000, "revealed_foreground_voxels": FOREGROUND[seed][index],
+                                 "query_seconds": 10.0 + index, "scoring_seconds_per_scan": 0.5 + index})
     rows.append({"trainer": A, "num_labeled": 4, "seed": 0, "dice_mean": 99.0})  # an ordinary row of 4: not a round
     return rows
 

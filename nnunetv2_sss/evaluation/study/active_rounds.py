@@ -25,9 +25,9 @@ import os
 import time
 from typing import Dict, List, Sequence, Tuple
 
+from nnunetv2_sss.evaluation.study.environment import environment_of
 from nnunetv2_sss.evaluation.study.plan import Run
 from nnunetv2_sss.evaluation.study.pretraining import nnunet_trainer, results_folder_name
-from nnunetv2_sss.evaluation.study.trainers import trainer_search_path
 
 SUGGESTIONS = "suggestions"  # a round's query, in its group folder (nnUNetv2_sss_suggest's output)
 
@@ -82,7 +82,7 @@ def query_round(study, run: Run, log: str, clean: bool = True) -> Dict[str, obje
     previous = run.previous_round()
     results = os.path.join(workspace.group_folder(previous), results_folder_name(run.trainer), study.dataset)
     os.makedirs(os.path.dirname(log), exist_ok=True)
-    with open(log, "w") as output, contextlib.redirect_stdout(output), trainer_search_path(study.env["nnUNet_extTrainer"]):
+    with open(log, "w") as output, contextlib.redirect_stdout(output), environment_of(study.env):
         for earlier in earlier_rounds(run):
             reveal_labels(view, revealed_by(workspace, earlier), [fold])
         dataset = plans_in(view, results, args.c, args.p)

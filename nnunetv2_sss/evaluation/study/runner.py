@@ -58,7 +58,8 @@ def active_learning(args: argparse.Namespace, counts: List[int]) -> Optional[Act
     """``--active-learning S ... --budget K --al-rounds R``, checked (one user error naming the option), from
     the smallest labeled count; ``None`` without ``--active-learning``."""
     if not args.active_learning:
-        given = [flag for flag, value in (("--budget", args.budget), ("--al-rounds", args.al_rounds)) if value is not None]
+        given = [flag for flag, value in (("--budget", args.budget), ("--al-rounds", args.al_rounds))
+                 if value is not None]
         if given:
             raise UserValueError(f"{given[0]}: an option of --active-learning (give the strategies to simulate)")
         return None
