@@ -14,6 +14,9 @@ teacher's run).
   epoch 1), the pretrained row's job cancelled (``scancel``) while it trains, then the same command, waiting:
   it submits that job only and ends with the rows, splits and predictions of the local study (the student's
   Dice aside: its training was interrupted);
+- active learning (issue 28) from the local study's supervised row: ``random`` and ``entropy``, 2 rounds of 1
+  scan, ``--jobs 2``, killed and resumed: only unfinished rounds redone, the same queries, no hidden label in
+  any round's training; refused options with one ``ERROR:`` line each;
 - bad input (unknown partition, a relative ``-o``, a missing submitit, an ``#SBATCH`` line SLURM rejects):
   one ``ERROR:`` line each, nothing submitted;
 - the graph, the option parsing and the path checks (unit).
@@ -25,6 +28,8 @@ import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import time
 from types import SimpleNamespace
 
@@ -33,7 +38,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import TRAINERS_FOLDER
-from helpers import run_cli
+from helpers import BIN, run_cli
 from slurm_cluster import OneNodeCluster, missing
 from nnunetv2_sss.errors import UserValueError
 from nnunetv2_sss.evaluation.study.command import build_parser
@@ -48,9 +53,9 @@ TIMING = ("train_seconds", "seconds", "finished", "pretrain_seconds", "teacher_s
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "cluster.md")
 
 
-def study_command(dataset, out, *extra):
+def study_command(dataset, out, *extra, rows=(TEACHER, STUDENT, "--pretrained", TEACHER)):
     return ["nnUNetv2_sss_study", "-d", dataset.dataset_id, "-c", "2d", "--num-labeled", 2, "--seeds", 1,
-            "-tr", TEACHER, STUDENT, "--pretrained", TEACHER, "--epochs", 2, "--iterations", 2, "--val-iterations", 1,
+            "-tr", *rows, "--epochs", 2, "--iterations", 2, "--val-iterations", 1,
             "-device", "cpu", "--no-ceiling", "--disable-tta", "-o", out, *extra]
 
 
@@ -97,6 +102,113 @@ def test_local_jobs_2_runs_two_jobs_at_once(local_study):
     assert len(started) == 2 and max(started) < min(ended), second
     assert set(rows_of(out)) == {TEACHER, PRETRAINED, STUDENT}
     assert not (out / "jobs").exists()  # the local executor leaves no job files
+
+
+ACTIVE = ("--active-learning", "random", "entropy", "--budget", 1, "--al-rounds", 2, "--jobs", 2)
+
+
+def test_active_learning_rounds_resume_and_no_label_before_its_query(nnunet_dataset, local_study, tmp_path):
+    """The simulation (issue 28) on the local study's supervised row as round 0 (copied: not trained again):
+    ``random`` and ``entropy``, 2 rounds of 1 scan, both strategies at once (``--jobs 2``). Killed once both
+    first rounds are done and a second round trains, then run again: only the unfinished rounds are redone,
+    and their queries again give the same scans. Each round's revealed case is its query's suggestion, drawn
+    from the cases the split hides; the training of round R read the split file its log names, whose training
+    cases are the initial ones plus the scans queried in rounds 1 .. R: no hidden label reaches a training
+    before its scan is queried."""
+    name = nnunet_dataset.dataset_name
+    out = tmp_path / "study"
+    (out / "runs").mkdir(parents=True)
+    shutil.copy(local_study[0] / "study.json", out)
+    shutil.copytree(local_study[0] / "runs" / "n2_s0", out / "runs" / "n2_s0", symlinks=True)
+    env = nnunet_dataset.env()
+    command = [str(c) for c in study_command(nnunet_dataset, out, *ACTIVE, rows=(TEACHER,))]
+    groups = {(s, r): out / "runs" / f"n2_s0_{s}_b1_r{r}_{TEACHER}" for s in ("random", "entropy") for r in (1, 2)}
+    marker = {key: group / "done" / f"{TEACHER}.json" for key, group in groups.items()}
+    labels = {key: f"{TEACHER} + {key[0]}, round {key[1]} ({2 + key[1]} labeled), seed 0" for key in groups}
+
+    def second_round_trains() -> bool:
+        if process.poll() is not None:
+            pytest.fail(f"the study exited ({process.returncode}) before a second round trained")
+        return all(marker[(s, 1)].exists() for s in ("random", "entropy")) and \
+            any((groups[(s, 2)] / "logs" / f"{TEACHER}_train.log").exists() for s in ("random", "entropy"))
+
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen([os.path.join(BIN, command[0])] + command[1:], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            wait_for(second_round_trains, 900, "training of a second round")
+        finally:
+            process.kill()
+            process.wait()
+    unfinished = sorted(key for key in groups if not marker[key].exists())
+    assert unfinished and all(round_ == 2 for _, round_ in unfinished), unfinished
+    queried = {key: (groups[key] / "suggestions" / "suggestions.csv").read_text() for key in unfinished
+               if (groups[key] / "suggestions" / "suggestions.csv").exists()}
+    assert queried  # the round that trained had made its query
+    finished = {key: marker[key].stat().st_mtime_ns for key in groups if key not in unfinished}
+
+    again = run_cli(command, env).stdout
+    assert "5 runs (1 trainers x 1 labeled counts x 1 seeds + 4 active-learning runs: 2 strategies x 2 rounds of 1 " \
+           f"scans from 2 labeled), {5 - len(unfinished)} already done" in again, again
+    trained = [again.splitlines()[i].split("] ", 1)[1] for i in lines_with(again, r"training \.\.\.")]
+    assert sorted(trained) == sorted(f"{labels[key]}: training ..." for key in unfinished), again
+    assert {key: marker[key].stat().st_mtime_ns for key in finished} == finished
+    for key, query in queried.items():  # queried again from scratch: the same scans
+        assert (groups[key] / "suggestions" / "suggestions.csv").read_text() == query, key
+
+    with open(out / "runs.csv") as f:
+        rows = {(row["strategy"], row["round"]): row for row in csv.DictReader(f)}
+    assert set(rows) == {("", "")} | {(s, str(r)) for s, r in groups}
+    initial = json.loads((out / "runs" / "n2_s0" / "nnUNet_preprocessed" / name /
+                          "splits_semi_supervised.json").read_text())[0]
+    for strategy in ("random", "entropy"):
+        labeled = set(initial["labeled"])
+        for round_ in (1, 2):
+            group, row = groups[(strategy, round_)], rows[(strategy, str(round_))]
+            with open(group / "suggestions" / "suggestions.csv") as f:
+                query = [line["case"] for line in csv.DictReader(f)]
+            assert row["revealed_cases"].split() == query and len(query) == 1
+            assert set(query) <= set(initial["unlabeled"]) - labeled
+            labeled |= set(query)
+            split_file = group / "nnUNet_preprocessed" / name / "splits_final.json"
+            fold = group / "nnUNet_results" / name / f"{TEACHER}__nnUNetPlans__2d" / "fold_0"
+            training_log = next(fold.glob("training_log_*.txt")).read_text()
+            assert f"Using splits from existing split file: {split_file}" in training_log
+            assert f"This split has {2 + round_} training" in training_log
+            assert set(json.loads(split_file.read_text())[0]["train"]) == labeled, (strategy, round_)
+            assert set(row["labeled_cases"].split()) == labeled and row["num_labeled"] == str(2 + round_)
+            assert int(row["revealed_voxels"]) == 14 * 48 * 48 and int(row["revealed_foreground_voxels"]) > 0
+    # random's first query: the seeded draw (seed 1000 x 0 + 1) from the cases the initial split hides
+    draw = np.random.default_rng(1).permutation(len(initial["unlabeled"]))[0]
+    assert rows[("random", "1")]["revealed_cases"] == sorted(initial["unlabeled"])[draw]
+    assert rows[("", "")]["dice_mean"] == rows_of(local_study[0])[TEACHER]["dice_mean"]  # round 0: the copied row
+    summary = (out / "summary.md").read_text()
+    assert "# Active learning (simulated)" in summary and f"| {TEACHER} | entropy | " in summary
+    assert (out / "active_learning.png").stat().st_size > 0
+
+
+def test_active_learning_refused_before_any_run(nnunet_dataset, tmp_path, monkeypatch, capsys):
+    """Fold 0 has 6 training cases: 2 labeled hide 4 (2 rounds of 3 are too many), 6 labeled hide none; a
+    self-training student has no split of its own to query with."""
+    from nnunetv2_sss.evaluation.study.command import main
+    for key, value in nnunet_dataset.env().items():
+        monkeypatch.setenv(key, value)
+    base = ["-d", nnunet_dataset.dataset_id, "-c", "2d", "-device", "cpu", "-o", tmp_path / "x", "--seeds", 1,
+            "--active-learning", "random"]
+    for extra, message in (
+            (["-tr", TEACHER, "--num-labeled", 2, "--budget", 3, "--al-rounds", 2],
+             "--budget 3 --al-rounds 2: reveal 6 scans, and with --num-labeled 2 fold 0 hides 4 of its 6 training "
+             "cases; choose"),
+            (["-tr", TEACHER, "--num-labeled", 6, "--budget", 1, "--al-rounds", 1],
+             "fold 0 hides 0 of its 6 training cases (none to query)"),
+            (["-tr", TEACHER, STUDENT, "--num-labeled", 2, "--budget", 1, "--al-rounds", 1],
+             f"--active-learning with -tr {STUDENT}: a self-training student")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            main([str(a) for a in base + extra])
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ERROR: ")]
+        assert stop.value.code == 2 and len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "x").exists()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@
         -tr nnUNetTrainerPlugin nnUNetTrainerMeanTeacher nnUNetTrainerUniMatchV2 nnUNetTrainerSSS \\
         [--epochs E --iterations I --val-iterations V] [-device cpu|cuda] [-o OUT] [--no-ceiling] [--max-runs K]
         [--executor local [--jobs N --gpus 0,1,...] | --executor slurm [--partition P --time-limit T ... --no-wait]]
+        [--active-learning S ... --budget K --al-rounds R]
 
 For every seed and labeled count N (a *group*): ``nnUNetv2_sss_make_splits --num-labeled N --seed S``
 (so the labeled cases differ between seeds), then every trainer on that split, fold 0, through
@@ -21,8 +22,14 @@ different splits never overwrite each other's models or splits, and the dataset'
 in ``nnUNet_preprocessed`` is never touched. The split files are written again whenever a group
 starts (deterministic for the seed), and every row records the labeled cases it was trained on.
 
+Active learning (``--active-learning``, ``active_rounds.py``): from each seed's split of the smallest count,
+every row and strategy queries ``--budget`` hidden training cases per round with its previous round's model
+(round 0: its ordinary row), reveals them and trains again from scratch, ``--al-rounds`` times; each round a
+run in a group of its own whose split is rebuilt from the seed and the earlier rounds' ``suggestions.csv``.
+
 Jobs (``jobs.py``): one per run (train, predict, evaluate, done marker), one per trainer of ``--pretrained``
-(its pretraining, before the trainer's pretrained rows), a self-training student after its teacher's run. An
+(its pretraining, before the trainer's pretrained rows), a self-training student after its teacher's run, an
+active-learning round after the row's previous round. An
 executor runs them (docs/cluster.md): ``--executor local`` (default) with ``--jobs N`` at once on ``--gpus``
 (``--jobs 1``: one after the other in this process, as the study always ran), or ``--executor slurm``, a SLURM
 job each through submitit, with SLURM's dependencies, requeued jobs continuing from their checkpoint and
@@ -41,7 +48,7 @@ One study per output folder: a second one started on ``OUT`` stops at once, nami
 (``OUT/.study.lock``, :mod:`nnunetv2_sss.data.folder_lock`).
 
 Outputs (rewritten after every run, atomically): ``runs.csv`` (one row per completed run),
-``summary.md`` and ``learning_curve.png``.
+``summary.md`` and ``learning_curve.png`` (with ``--active-learning`` also ``active_learning.png``).
 
 Modules: ``command`` (options, executor, entry point), ``runner`` (:class:`~.runner.Study`: checks, one run,
 one pretraining, outputs), ``jobs`` (the graph), ``coordinator`` (lock, order, the loop), ``progress``
@@ -51,6 +58,8 @@ options, the job on the node, the files jobs share with the coordinator), ``reso
 job asks for), ``shared_paths`` (paths jobs on other nodes can use), ``plan`` (runs and groups), ``trainers``
 (``-tr`` names to classes), ``inputs`` (dataset checks), ``environment`` (children's environment,
 ``study.json``), ``workspace`` (folders, split views, done markers), ``processes`` (child processes),
-``rows`` (``runs.csv``), ``summary`` (``summary.md``), ``plot`` (``learning_curve.png``); the statistics are
+``rows`` (``runs.csv``), ``summary`` (``summary.md``), ``plot`` (``learning_curve.png``), ``active_rounds`` (an
+active-learning round's split and query), ``active_summary`` / ``active_plot`` (its tables, ``active_learning.png``);
+the statistics are
 :mod:`nnunetv2_sss.evaluation.statistics`.
 """

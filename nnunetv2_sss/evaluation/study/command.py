@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-runs", type=int, default=None,
                         help="stop after this many runs (the same command continues the study)")
     parser.add_argument("-o", default=None, help="output folder (default ./study_<dataset>_<configuration>)")
+    active = parser.add_argument_group("active learning (docs/active_learning.md)")
+    active.add_argument("--active-learning", nargs="+", default=None, metavar="S",
+                        help="simulate active learning with these nnUNetv2_sss_suggest strategies (e.g. random "
+                             "foreground-random entropy mutual-information): from each seed's split of the smallest "
+                             "--num-labeled count, every -tr row queries --budget of the scans the split hides with its "
+                             "latest model, their labels are revealed and it trains again from scratch, --al-rounds "
+                             "times; writes active_learning.png and the simulation's tables in summary.md")
+    active.add_argument("--budget", type=int, default=None, metavar="K", help="scans revealed per round")
+    active.add_argument("--al-rounds", type=int, default=None, metavar="R", help="active-learning rounds")
     parser.add_argument("--executor", choices=("local", "slurm"), default="local",
                         help="where the runs run: 'local' (default; this machine, --jobs at once) or 'slurm' (a SLURM "
                              "job each, through submitit; docs/cluster.md)")

@@ -26,9 +26,13 @@ def coordinate(study, executor: Executor, wait: bool = True) -> None:
         jobs = study_jobs(study)
         done = {job.name for job in jobs if is_done(study, job)}
         pending = [job.run for job in jobs if not job.pretraining and job.name not in done]
+        active = study.active
         print(f"nnUNetv2_sss_study: {len(study.runs)} runs ({len(study.trainers)} trainers x {len(study.counts)} "
               f"labeled counts x {len(study.seeds)} seeds" + (f" + {len(study.seeds)} ceiling runs" if study.ceiling
                                                                else "") +
+              (f" + {len(study.trainers) * len(active.strategies) * active.rounds * len(study.seeds)} active-learning "
+               f"runs: {len(active.strategies)} strategies x {active.rounds} rounds of {active.budget} scans from "
+               f"{active.initial} labeled" if active else "") +
               f"), {len(study.runs) - len(pending)} already done; evaluated on {study.evaluated_on}; output {study.out}",
               flush=True)
         todo, stopped = jobs_to_do(jobs, done, study.args.max_runs)
@@ -49,7 +53,8 @@ def coordinate(study, executor: Executor, wait: bool = True) -> None:
                   flush=True)
         if any(not job.pretraining and job.name in done for job in jobs):
             executor.write_outputs(study)
-            print(f"written {os.path.join(study.out, 'runs.csv')}, summary.md, learning_curve.png", flush=True)
+            print(f"written {os.path.join(study.out, 'runs.csv')}, summary.md, learning_curve.png"
+                  + (", active_learning.png" if active else ""), flush=True)
         if executor.holds_dependencies:
             print(progress.summary(jobs, done, states, executor), flush=True)
         if not wait and executor.in_flight():
@@ -65,7 +70,8 @@ def _start(study, executor: Executor, todo: List[Job], waiting: List[Job], done:
            failed: bool) -> List[Event]:
     """Start what ``executor`` takes of the ``waiting`` jobs whose dependencies are done (or, with an executor
     that holds dependencies, in flight or starting with them); a group's split files are written before its
-    first job starts, unless a job of the group is running (it reads them)."""
+    first job starts, unless a job of the group is running (it reads them); an active-learning round writes
+    its own (``active_rounds.py``)."""
     if failed and executor.stops_on_failure:
         return []
     in_flight = executor.in_flight()
@@ -73,7 +79,7 @@ def _start(study, executor: Executor, todo: List[Job], waiting: List[Job], done:
     ready = [job for job in waiting if all(d in done or d in held for d in job.after)][:executor.free()]
     busy = {job.run.group for job in todo if job.name in in_flight}
     for job in ready:
-        if job.run.group not in prepared and job.run.group not in busy:
+        if job.run.group not in prepared and job.run.group not in busy and not job.run.strategy:
             study.workspace.prepare_group(job.run)
         prepared.add(job.run.group)
     return executor.start(ready) if ready else []

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+from typing import Iterator, Mapping
 
 from nnunetv2_sss.atomic_files import write_text_atomically
 from nnunetv2_sss.errors import UserValueError
 
 FIXED_SETTINGS = ("dataset", "configuration", "plans", "fold", "epochs", "iterations_per_epoch",
                   "val_iterations_per_epoch", "disable_tta")
+
+
+@contextlib.contextmanager
+def environment_of(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` updated with ``values`` for the block (nnU-Net and the plugin read their variables when
+    they use them), as it was after."""
+    previous = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(previous)
 
 
 def child_environment(args: argparse.Namespace, raw_root: str) -> dict:

@@ -12,9 +12,10 @@ from nnunetv2_sss.errors import UserFileNotFoundError, UserValueError
 FOLDS = 5  # nnUNetv2_sss_make_splits' k-fold
 
 
-def check_dataset(raw: str, shared: str, args: argparse.Namespace, counts: Sequence[int]) -> dict:
+def check_dataset(raw: str, shared: str, args: argparse.Namespace, counts: Sequence[int], revealed: int = 0) -> dict:
     """The raw dataset's ``dataset.json``, after checking the dataset in ``raw`` and its preprocessed folder
-    ``shared`` against ``-c``, ``-p`` and the labeled ``counts`` (one :class:`UserError` naming what to do)."""
+    ``shared`` against ``-c``, ``-p``, the labeled ``counts`` and the scans active learning reveals beyond the
+    smallest count (``revealed``; one :class:`UserError` naming what to do)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
@@ -48,4 +49,10 @@ def check_dataset(raw: str, shared: str, args: argparse.Namespace, counts: Seque
         raise UserValueError(f"--num-labeled {' '.join(map(str, too_many))}: fold {args.fold} has "
                              f"{trainable} training cases ({len(cases)} in imagesTr, {FOLDS} folds); "
                              f"choose counts between 1 and {trainable}")
+    hidden = trainable - min(counts)
+    if revealed > hidden:
+        raise UserValueError(f"--budget {args.budget} --al-rounds {args.al_rounds}: reveal {revealed} scans, and with "
+                             f"--num-labeled {min(counts)} fold {args.fold} hides {hidden} of its {trainable} training "
+                             f"cases" + (" (none to query)" if hidden == 0 else "") +
+                             "; choose a smaller budget, fewer rounds or fewer initial labels")
     return dataset_json

@@ -1,7 +1,8 @@
 """The study as a graph of jobs: one job per run (train, predict, evaluate, done marker:
 :meth:`~.runner.Study.execute`) and the jobs runs depend on: the pretraining of a trainer's ``--pretrained``
-rows (one job per trainer, before its rows) and, for a self-training student, its teacher's run of the same
-group (the pseudo-labelling is the student's first step). What is done is read from disk (done markers, the
+rows (one job per trainer, before its rows), for a self-training student its teacher's run of the same
+group (the pseudo-labelling is the student's first step), and for an active-learning round the row's
+previous round (its model's query is the round's first step). What is done is read from disk (done markers, the
 pretrained weights), never from an executor."""
 from __future__ import annotations
 
@@ -28,11 +29,15 @@ class Job:
     def label(self) -> str:
         if self.pretraining:
             return f"pretraining of {self.trainer}"
-        return f"{self.run.trainer}, {self.run.num_labeled} labeled, seed {self.run.seed}"
+        run = self.run
+        if run.strategy:
+            return f"{run.trainer} + {run.strategy}, round {run.round} ({run.labeled} labeled), seed {run.seed}"
+        return f"{run.trainer}, {run.num_labeled} labeled, seed {run.seed}"
 
 
 def run_job_name(run: Run) -> str:
-    return f"{run.group}_{run.trainer}"
+    """``<group>_<row>``; an active-learning round's group names its row already."""
+    return run.group if run.strategy else f"{run.group}_{run.trainer}"
 
 
 def study_jobs(study) -> List[Job]:
@@ -47,7 +52,9 @@ def study_jobs(study) -> List[Job]:
                 pretraining[trainer] = Job(f"pretrain_{trainer}", run, pretraining=True)
                 jobs.append(pretraining[trainer])
             after.append(pretraining[trainer].name)
-        if run.trainer in study.teachers:
+        if run.strategy:
+            after.append(run_job_name(run.previous_round()))
+        elif run.trainer in study.teachers:
             after.append(run_job_name(Run(study.teachers[run.trainer], run.num_labeled, run.seed)))
         jobs.append(Job(run_job_name(run), run, after=tuple(after)))
     return jobs

@@ -13,9 +13,12 @@ from typing import List, Optional, Tuple
 from nnunetv2_sss import __version__
 from nnunetv2_sss.atomic_files import write_text_atomically
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, dataset_name, nnunet_path
+from nnunetv2_sss.evaluation.study.active_plot import plot_active_learning
+from nnunetv2_sss.evaluation.study.active_rounds import query_round
+from nnunetv2_sss.evaluation.study.active_summary import active_learning_markdown
 from nnunetv2_sss.evaluation.study.environment import child_environment, settings_record
 from nnunetv2_sss.evaluation.study.inputs import check_dataset
-from nnunetv2_sss.evaluation.study.plan import ALL, Run, parse_counts, plan_runs
+from nnunetv2_sss.evaluation.study.plan import ALL, ActiveLearning, Run, parse_counts, plan_runs
 from nnunetv2_sss.evaluation.study.plot import plot_learning_curve
 from nnunetv2_sss.evaluation.study.pretraining import (SUFFIX, is_pretrained, nnunet_trainer, pretrain,
                                                        pretraining_seconds, results_folder_name, weights_file,
@@ -51,6 +54,35 @@ def with_self_training_rounds(trainers: List[str], rounds: Optional[int]) -> Lis
     return trainers[:position] + added + trainers[position:]
 
 
+def active_learning(args: argparse.Namespace, counts: List[int]) -> Optional[ActiveLearning]:
+    """``--active-learning S ... --budget K --al-rounds R``, checked (one user error naming the option), from
+    the smallest labeled count; ``None`` without ``--active-learning``."""
+    if not args.active_learning:
+        given = [flag for flag, value in (("--budget", args.budget), ("--al-rounds", args.al_rounds))
+                 if value is not None]
+        if given:
+            raise UserValueError(f"{given[0]}: an option of --active-learning (give the strategies to simulate)")
+        return None
+    from nnunetv2_sss.active import strategies
+    known = strategies.available()
+    unknown = [name for name in args.active_learning if name not in known]
+    if unknown:
+        raise UserValueError(f"--active-learning {unknown[0]}: not a strategy; one of {', '.join(known)}")
+    if len(set(args.active_learning)) != len(args.active_learning):
+        raise UserValueError(f"--active-learning {' '.join(args.active_learning)}: a strategy is listed twice")
+    for flag, value, what in (("--budget", args.budget, "the scans revealed per round"),
+                              ("--al-rounds", args.al_rounds, "the rounds")):
+        if value is None:
+            raise UserValueError(f"--active-learning needs {flag} ({what})")
+        if value < 1:
+            raise UserValueError(f"{flag} {value}: must be >= 1")
+    several = [name for name in args.active_learning if known[name].min_predictions > 1]
+    if several and args.disable_tta:
+        raise UserValueError(f"--active-learning {several[0]} needs several predictions of each scan, and a study's "
+                             f"model is one fold: leave out --disable-tta (its mirrored passes are the predictions)")
+    return ActiveLearning(tuple(args.active_learning), args.budget, args.al_rounds, min(counts))
+
+
 class Study:
     def __init__(self, args: argparse.Namespace, command: str):
         """``args``: the parsed options (``-device`` resolved); ``command``: the command line summary.md records.
@@ -82,7 +114,8 @@ class Study:
             value = getattr(args, option)
             if value is not None and value < 1:
                 raise UserValueError(f"--{option.replace('_', '-')} {value}: must be >= 1")
-        self.runs = plan_runs(self.trainers, self.counts, self.seeds, self.supervised, self.ceiling)
+        self.active = active_learning(args, self.counts)
+        self.runs = plan_runs(self.trainers, self.counts, self.seeds, self.supervised, self.ceiling, self.active)
         self.env = child_environment(args, raw_root)
         found = trainer_classes(sorted({nnunet_trainer(t) for t in self.trainers}), self.env["nnUNet_extTrainer"])
         check_plugin_trainers(found)
@@ -93,17 +126,23 @@ class Study:
                                  f"pseudo-labels, not from pretrained weights; leave it out of --pretrained")
         self.sam2_trainers = [t for t in self.trainers if uses_sam2(classes[t])]
         self.teachers = self_training_teachers(classes, self.trainers, self.supervised)
+        if self.active and self.teachers:
+            raise UserValueError(f"--active-learning with -tr {' '.join(self.teachers)}: a self-training student "
+                                 f"learns from its teacher's pseudo-labels on the same split, and each active-learning "
+                                 f"row has a split of its own; leave the student out of this study")
         self.rounds = {t: self_training_round(classes[t]) for t in self.teachers}
         raw = os.path.join(raw_root, self.dataset)
         shared = os.path.join(nnunet_path(nnUNet_preprocessed), self.dataset)
-        self.dataset_json = check_dataset(raw, shared, args, self.counts)
+        self.dataset_json = check_dataset(raw, shared, args, self.counts,
+                                          self.active.rounds * self.active.budget if self.active else 0)
         self.workspace = Workspace(self.out, self.dataset, raw, shared, args.fold, self.dataset_json["file_ending"],
                                    self.env)
         self.record = settings_record(self.dataset, args, self.env)
 
     # -- one job -------------------------------------------------------------------------------------------
     def execute(self, run: Run, preprocessed_root: str, resume: bool = False) -> dict:
-        """Train, predict and evaluate one run; its row, also written as its done marker. From scratch, or with
+        """Train, predict and evaluate one run (an active-learning round queries its scans first:
+        ``active_rounds.query_round``); its row, also written as its done marker. From scratch, or with
         ``resume`` (its job was requeued by the scheduler) from the training's last checkpoint if it has one."""
         from nnunetv2_sss.evaluation.evaluate import FOREGROUND_MEAN, evaluate_folders, stats_of
 
@@ -119,7 +158,12 @@ class Study:
         env = {**self.env, "nnUNet_preprocessed": preprocessed_root, "nnUNet_results": results,
                "nnUNet_sss_seed": str(run.seed)}
         started = time.time()
-        times = self.make_pseudo_labels(run, env, logs, clean=not continued) if run.trainer in self.teachers else {}
+        if run.strategy:
+            times = query_round(self, run, os.path.join(logs, f"{run.trainer}_suggest.log"), clean=not continued)
+        elif run.trainer in self.teachers:
+            times = self.make_pseudo_labels(run, env, logs, clean=not continued)
+        else:
+            times = {}
         start_from = ["--c"] if continued else []
         if is_pretrained(run.trainer):
             weights, seconds = self.pretrained_start(run)
@@ -142,7 +186,7 @@ class Study:
                    env, os.path.join(logs, f"{run.trainer}_predict.log"))
         result = evaluate_folders(labels, predictions, self.dataset_json, num_processes=1)
         split = self.workspace.split_of(preprocessed_root)
-        row = {"trainer": run.trainer, "num_labeled": run.num_labeled, "seed": run.seed, "fold": args.fold,
+        row = {"trainer": run.trainer, "num_labeled": run.labeled, "seed": run.seed, "fold": args.fold,
                "labeled_cases": " ".join(split["train"]),
                "split_file": os.path.relpath(self.workspace.split_file(preprocessed_root), self.out),
                "evaluated_on": evaluated.split(" ")[0], "evaluated_cases": len(result["metric_per_case"])}
@@ -214,10 +258,12 @@ class Study:
                 f"validation cases of fold {self.args.fold} (the dataset has no imagesTs + labelsTs)")
 
     def write_outputs(self) -> None:
-        """``runs.csv``, ``summary.md`` and ``learning_curve.png`` of the runs completed so far."""
+        """``runs.csv``, ``summary.md`` and ``learning_curve.png`` (with ``--active-learning``:
+        ``active_learning.png`` and its sections of ``summary.md``) of the runs completed so far."""
         evaluated_on = self.evaluated_on
         rows = self.workspace.completed_rows(self.runs)
         write_text_atomically(os.path.join(self.out, "runs.csv"), runs_csv(rows))
+        ordinary = [row for row in rows if not row.get("strategy")]
         record = self.record
         header = [f"# nnUNetv2_sss_study: {self.dataset}, {self.args.c}", "",
                   f"- command: `{self.command}`",
@@ -235,10 +281,16 @@ class Study:
             header.append(f"- SAM-2: {record['sam2_config']}, weights {record['sam2_checkpoint']}"
                           + (" (random: says nothing about SSS with a pretrained SAM-2)"
                              if record['sam2_checkpoint'] == "random" else ""))
-        text = summary_markdown(rows, self.trainers, self.counts, self.seeds, self.supervised, class_names_of(rows),
-                                header)
+        text = summary_markdown(ordinary, self.trainers, self.counts, self.seeds, self.supervised,
+                                class_names_of(rows), header)
+        if self.active:
+            text += "\n".join(active_learning_markdown(rows, self.trainers, self.active, self.supervised))
         write_text_atomically(os.path.join(self.out, "summary.md"), text)
         evaluated = evaluated_on.split(" (")[0]
         title = f"{self.dataset} {self.args.c}: mean ± std over {len(self.seeds)} seeds ({evaluated})"
-        plot_learning_curve(rows, self.trainers, self.counts, self.supervised,
+        plot_learning_curve(ordinary, self.trainers, self.counts, self.supervised,
                             os.path.join(self.out, "learning_curve.png"), title)
+        if self.active:
+            plot_active_learning(rows, self.trainers, self.active, os.path.join(self.out, "active_learning.png"),
+                                 f"{title}\nactive learning: {self.active.budget} scans per round, "
+                                 f"{self.active.rounds} rounds")

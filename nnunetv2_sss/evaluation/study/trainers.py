@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import warnings
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from nnunetv2_sss.errors import UserValueError
-
-
-@contextlib.contextmanager
-def _ext_trainer(value: str) -> Iterator[None]:
-    """``nnUNet_extTrainer`` set to ``value`` in this process for the block (nnU-Net reads it from there)."""
-    previous = os.environ.get("nnUNet_extTrainer")
-    os.environ["nnUNet_extTrainer"] = value
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("nnUNet_extTrainer", None)
-        else:
-            os.environ["nnUNet_extTrainer"] = previous
+from nnunetv2_sss.evaluation.study.environment import environment_of
 
 
 def trainer_classes(names: Sequence[str], ext_trainer: str) -> Dict[str, type]:
@@ -32,7 +18,8 @@ def trainer_classes(names: Sequence[str], ext_trainer: str) -> Dict[str, type]:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     classes = {}
-    with _ext_trainer(ext_trainer), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with environment_of({"nnUNet_extTrainer": ext_trainer}), contextlib.redirect_stdout(io.StringIO()), \
+            warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nnU-Net's search imports every trainer module and tells about it
         for name in names:
             try:
