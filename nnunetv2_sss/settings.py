@@ -20,6 +20,7 @@ SAM2_CHECKPOINT = "nnUNet_sss_sam2_checkpoint"
 TEXT_ENCODER = "nnUNet_sss_text_encoder"
 SEED = "nnUNet_sss_seed"
 PSEUDO_LABEL_FOLDS = "nnUNet_sss_pseudo_label_folds"
+CPU_THREADS = "nnUNet_sss_cpu_threads"
 
 DEFAULT_SAM2_CONFIG = "sam2.1_hiera_s"
 DEFAULT_SAVE_EVERY = 1
@@ -63,6 +64,11 @@ def num_epochs() -> Optional[int]:
 
 def iterations_per_epoch() -> Optional[int]:
     return _positive_int(ITERATIONS_PER_EPOCH)
+
+
+def cpu_threads() -> Optional[int]:
+    """torch's CPU threads of a plugin training on the CPU (``None``: nnU-Net's, one per core)."""
+    return _positive_int(CPU_THREADS)
 
 
 def sam2_config() -> str:

@@ -179,3 +179,24 @@ def test_a_network_option_set_in_init_is_refused(nnunet_dataset, monkeypatch, tm
     trainer = _trainer(nnUNetTrainerSSS_dfeInInit, nnunet_dataset, monkeypatch, tmp_path)
     with pytest.raises(SystemExit, match="option use_dfe=False of nnUNetTrainerSSS_dfeInInit shapes the network"):
         trainer.initialize()
+
+
+@pytest.mark.integration
+def test_cpu_threads_variable_sets_torch_threads_on_the_cpu(nnunet_dataset, monkeypatch, tmp_path):
+    """nnUNet_sss_cpu_threads replaces the one torch thread per core that nnU-Net's run_training sets (what
+    the study's --jobs N gives each CPU training); unset, the trainer leaves torch's threads alone; below 1
+    it stops the training with one ERROR line naming the variable."""
+    from nnunetv2_sss.training.base import nnUNetTrainerPlugin
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.delenv(settings.CPU_THREADS, raising=False)
+        trainer = _trainer(nnUNetTrainerPlugin, nnunet_dataset, monkeypatch, tmp_path)
+        assert torch.get_num_threads() == 2 and "CPU threads" not in _log(trainer)
+        trainer = _trainer(nnUNetTrainerPlugin, nnunet_dataset, monkeypatch, tmp_path, nnUNet_sss_cpu_threads="1")
+        assert torch.get_num_threads() == 1
+        assert "CPU threads: 1 (nnUNet_sss_cpu_threads)" in _log(trainer)
+        with pytest.raises(SystemExit, match="ERROR: environment variable nnUNet_sss_cpu_threads='0' must be >= 1"):
+            _trainer(nnUNetTrainerPlugin, nnunet_dataset, monkeypatch, tmp_path, nnUNet_sss_cpu_threads="0")
+    finally:
+        torch.set_num_threads(before)

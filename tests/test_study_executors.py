@@ -361,6 +361,18 @@ def test_slurm_option_values():
         sbatch_lines(["constraint="])
 
 
+def test_local_jobs_share_the_cores_unless_the_study_sets_the_threads():
+    """--jobs N > 1: each job's CPU training gets the cores divided by N as torch threads (at least 1);
+    --jobs 1 keeps nnU-Net's; a value in the study's environment is kept."""
+    from nnunetv2_sss.evaluation.study.executor import LocalExecutor
+    cores = os.cpu_count()
+    assert LocalExecutor(SimpleNamespace(env={}), jobs=2).study.env == {"nnUNet_sss_cpu_threads": str(max(1, cores // 2))}
+    assert LocalExecutor(SimpleNamespace(env={}), jobs=cores + 1).study.env["nnUNet_sss_cpu_threads"] == "1"
+    assert LocalExecutor(SimpleNamespace(env={}), jobs=1).study.env == {}
+    preset = {"nnUNet_sss_cpu_threads": "3"}
+    assert LocalExecutor(SimpleNamespace(env=dict(preset)), jobs=2).study.env == preset
+
+
 def test_paths_jobs_on_other_nodes_cannot_use(tmp_path):
     assert node_local("/tmp/x", {}) == "under /tmp"
     assert node_local(str(tmp_path / "a"), {"TMPDIR": str(tmp_path)}).startswith("under ")

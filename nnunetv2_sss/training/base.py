@@ -47,7 +47,7 @@ from nnunetv2_sss.training import pretrained_start
 from nnunetv2_sss.training.checkpoint_io import capture_rng_state, restore_rng_state, save_atomically
 from nnunetv2_sss.training.compilation import compile_network_parts, deferring_nnunet_compile
 from nnunetv2_sss.training.ddp import cpu_ddp_wrapping, rank_seed
-from nnunetv2_sss.settings import seed as seed_setting
+from nnunetv2_sss.settings import cpu_threads, seed as seed_setting
 from nnunetv2_sss.training.seeding import describe as describe_seed, seed_augmenter_workers, seed_trainer, \
     trainer_generators
 from nnunetv2_sss.version import version_line
@@ -136,6 +136,16 @@ class nnUNetTrainerPlugin(nnUNetTrainer):
         self._rng_state_to_restore = None  # from load_checkpoint, put back when the next epoch starts
         self.sss_seed = seed_setting()  # nnUNet_sss_seed (None: unseeded); applied by seed_everything
         self.network_recipe.prepare(self)
+        self._limit_cpu_threads()
+
+    def _limit_cpu_threads(self) -> None:
+        """On the CPU, ``nnUNet_sss_cpu_threads`` replaces nnU-Net's one torch thread per core (its
+        ``run_training`` sets them before the trainer exists): trainings that share a machine's cores (the
+        study's ``--jobs N``) each get their share instead of all of them."""
+        threads = cpu_threads()
+        if threads is not None and self.device.type == 'cpu':
+            torch.set_num_threads(threads)
+            self.print_to_log_file(f"CPU threads: {threads} (nnUNet_sss_cpu_threads)")
 
     def stop_on_user_error(self, error: UserError):
         """Stop the training on a known user error: workers shut down, a fold folder created by

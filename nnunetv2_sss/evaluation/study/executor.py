@@ -9,7 +9,9 @@ held by the scheduler, state from its queue and from files the jobs write) and a
 :class:`LocalExecutor`: up to ``--jobs N`` jobs at once on this machine, each on a GPU of ``--gpus``
 (``CUDA_VISIBLE_DEVICES``; round robin when there are more jobs than GPUs), a job when the jobs it needs
 have finished. ``--jobs 1`` runs each job in this process, as the study always did; with N > 1 each job is a
-process of its own (:mod:`.job_process`) that dies with the study. After a failure no job is started; the
+process of its own (:mod:`.job_process`) that dies with the study, and a plugin training on the CPU gets the
+cores divided by N as its torch threads (``nnUNet_sss_cpu_threads``, unless the study's environment sets
+it). After a failure no job is started; the
 ones running finish.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Set
 from nnunetv2_sss.errors import UserRuntimeError
 from nnunetv2_sss.evaluation.study.jobs import Job, run_job
 from nnunetv2_sss.evaluation.study.processes import die_with_parent
+from nnunetv2_sss.settings import CPU_THREADS
 
 # what became of a job (Event.state)
 SUBMITTED, QUEUED, STARTED, REQUEUED, FINISHED, FAILED, LOST = (
@@ -87,6 +90,8 @@ class LocalExecutor(Executor):
         self.running: Dict[int, tuple] = {}  # slot -> (job, process or None, output file)
         if jobs == 1 and self.gpus:
             study.env = {**study.env, "CUDA_VISIBLE_DEVICES": self.gpus[0]}
+        if jobs > 1 and CPU_THREADS not in study.env:  # CPU trainings at once share the cores, not oversubscribe them
+            study.env = {**study.env, CPU_THREADS: str(cpu_share(jobs))}
 
     def attach(self, jobs: Sequence[Job]) -> List[Event]:
         """Refuses jobs that an earlier ``--executor slurm`` has queued or running."""
@@ -156,6 +161,11 @@ class LocalExecutor(Executor):
 
     def counts(self) -> str:
         return f"{len(self.running)} running" if self.slots > 1 else ""
+
+
+def cpu_share(jobs: int) -> int:
+    """torch threads for each of ``jobs`` CPU trainings at once: this machine's cores divided among them."""
+    return max(1, (os.cpu_count() or 1) // jobs)
 
 
 def visible_gpus() -> List[str]:
