@@ -2,6 +2,7 @@
 ``nnUNetv2_sss_suggest`` scores the pool with): ``nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>``,
 some folds, one checkpoint name.
 
+- :func:`add_model_arguments`: ``-d -c -tr -p -f -chk``, the options that name the model in a command;
 - :func:`dataset_plans`: the dataset's current plans and ``dataset.json`` (``-d -c -p`` of a command);
 - :func:`check_model`: a user error when the model is missing or was trained on another dataset, plans,
   configuration or labels (the differing entry named), before any prediction;
@@ -10,6 +11,7 @@ some folds, one checkpoint name.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
@@ -46,6 +48,17 @@ class TrainedModel:
         from nnunetv2_sss.checksums import sha256_of_file
         checksums = {fold: sha256_of_file(path) for fold, path in self.checkpoint_files(results_base).items()}
         return TrainedModel(self.trainer, self.plans, self.configuration, list(self.folds), self.checkpoint, checksums)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, whose: str, trainer_help: str, folds_help: str) -> None:
+    """``-d -c -tr -p -f -chk`` (nnU-Net's names) of the trained model a command uses; ``whose``: "the
+    model's", "the teacher's"."""
+    parser.add_argument("-d", required=True, help="dataset name or id")
+    parser.add_argument("-c", required=True, help=f"configuration (as {whose})")
+    parser.add_argument("-tr", required=True, help=trainer_help)
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
+    parser.add_argument("-f", nargs="+", required=True, help=folds_help)
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
 
 
 @dataclass

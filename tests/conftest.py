@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from helpers import run_cli
+from helpers import CPU_SHARE, run_cli
 from tiny_dataset import build_tiny_dataset
 
 TRAINERS_FOLDER = str(pathlib.Path(__file__).resolve().parents[1] / "trainers")
@@ -30,7 +30,8 @@ class NnunetDataset:
             "nnUNet_results": str(self.results), "nnUNet_extTrainer": TRAINERS_FOLDER,
             "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
             "nnUNet_sss_num_epochs": "1", "nnUNet_sss_iterations_per_epoch": "2",
-            "nnUNet_sss_val_iterations_per_epoch": "1", "OMP_NUM_THREADS": "2",
+            "nnUNet_sss_val_iterations_per_epoch": "1", "OMP_NUM_THREADS": CPU_SHARE,
+            "nnUNet_sss_cpu_threads": CPU_SHARE,
             "PYTHONUNBUFFERED": "1", "MPLBACKEND": "agg",
         })
         env.update({k: str(v) for k, v in overrides.items()})
@@ -41,6 +42,12 @@ class NnunetDataset:
         target = destination / "preprocessed"
         shutil.copytree(self.preprocessed, target)
         return target
+
+
+def pytest_configure(config):
+    """The tests that train in this process use this worker's share of the cores too."""
+    import torch
+    torch.set_num_threads(int(CPU_SHARE))
 
 
 def pytest_collection_modifyitems(items):

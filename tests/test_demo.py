@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from helpers import run_cli
+from helpers import CPU_SHARE, run_cli
 
 SEMI = "nnUNetTrainerMeanTeacher"
 
@@ -18,7 +18,7 @@ SEMI = "nnUNetTrainerMeanTeacher"
 @pytest.mark.integration
 def test_demo_end_to_end(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("nnUNet_", "nnunet_"))}
-    env.update({"OMP_NUM_THREADS": "2", "nnUNet_compile": "false"})
+    env.update({"OMP_NUM_THREADS": CPU_SHARE, "nnUNet_sss_cpu_threads": CPU_SHARE, "nnUNet_compile": "false"})
     workdir = tmp_path / "work"
     # the demo builds the dataset only when it is missing: a smaller brain dataset, made by the same command
     run_cli(["nnUNetv2_sss_make_demo_dataset", "--task", "brain", "--labeled", 5, "--unlabeled", 2, "--test", 1],

@@ -190,8 +190,7 @@ def test_cpu_threads_variable_sets_torch_threads_on_the_cpu(nnunet_dataset, monk
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        monkeypatch.delenv(settings.CPU_THREADS, raising=False)
-        trainer = _trainer(nnUNetTrainerPlugin, nnunet_dataset, monkeypatch, tmp_path)
+        trainer = _trainer(nnUNetTrainerPlugin, nnunet_dataset, monkeypatch, tmp_path, nnUNet_sss_cpu_threads="")
         assert torch.get_num_threads() == 2 and "CPU threads" not in _log(trainer)
         trainer = _trainer(nnUNetTrainerPlugin, nnunet_dataset, monkeypatch, tmp_path, nnUNet_sss_cpu_threads="1")
         assert torch.get_num_threads() == 1

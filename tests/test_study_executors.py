@@ -85,8 +85,9 @@ def wait_for(condition, timeout: float, what: str) -> None:
 @pytest.fixture(scope="module")
 def local_study(nnunet_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("local") / "study"
-    # torch threads as the SLURM study's jobs have them (one per core), whose rows must equal these bit for bit
-    env = nnunet_dataset.env(nnUNet_sss_cpu_threads=str(os.cpu_count()))
+    # nnUNet_sss_cpu_threads of the tests' environment: the SLURM study's jobs get it from theirs, and their
+    # rows must equal these bit for bit
+    env = nnunet_dataset.env()
     first = run_cli(study_command(nnunet_dataset, out, "--max-runs", 1), env).stdout
     second = run_cli(study_command(nnunet_dataset, out, "--jobs", 2), env).stdout
     return out, first, second

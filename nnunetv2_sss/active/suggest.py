@@ -43,7 +43,8 @@ from nnunetv2_sss.active.strategies.base import Strategy
 from nnunetv2_sss.active.voxels import AGGREGATIONS
 from nnunetv2_sss.data.splits import SEMI_SUPERVISED_SPLITS_FILE
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, user_errors
-from nnunetv2_sss.trained_model import DatasetPlans, TrainedModel, check_model, dataset_plans, load_preprocessed_case
+from nnunetv2_sss.trained_model import (DatasetPlans, TrainedModel, add_model_arguments, check_model, dataset_plans,
+                                        load_preprocessed_case)
 from nnunetv2_sss.version import command_parser
 
 
@@ -149,12 +150,8 @@ def suggest(dataset: DatasetPlans, model: TrainedModel, pool: Pool, strategy: St
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(prog="nnUNetv2_sss_suggest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", required=True, help="dataset name or id")
-    parser.add_argument("-c", required=True, help="configuration (as the model's)")
-    parser.add_argument("-tr", required=True, help="trainer of the model (any nnU-Net or plugin trainer)")
-    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("-f", nargs="+", required=True, help="folds of the model (several: the fold ensemble)")
-    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
+    add_model_arguments(parser, "the model's", trainer_help="trainer of the model (any nnU-Net or plugin trainer)",
+                        folds_help="folds of the model (several: the fold ensemble)")
     parser.add_argument("-n", type=int, required=True, help="how many scans to suggest")
     chosen = strategies.available()
     parser.add_argument("--strategy", required=True, choices=list(chosen),

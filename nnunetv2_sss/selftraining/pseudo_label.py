@@ -30,8 +30,8 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, join, wr
 
 from nnunetv2_sss.errors import UserRuntimeError, UserValueError, user_errors
 from nnunetv2_sss.selftraining.pool import PREPROCESSED, SEGMENTATIONS, Manifest, complete_cases, pool_folder
-from nnunetv2_sss.trained_model import (TrainedModel, check_model, dataset_plans, load_preprocessed_case,
-                                        make_predictor, with_ignore_label)
+from nnunetv2_sss.trained_model import (TrainedModel, add_model_arguments, check_model, dataset_plans,
+                                        load_preprocessed_case, make_predictor, with_ignore_label)
 from nnunetv2_sss.version import command_parser
 
 
@@ -129,13 +129,8 @@ def make_pseudo_labels(dataset: str, configuration: str, teacher_trainer: str, f
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser(prog="nnUNetv2_sss_pseudo_label", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-d", required=True, help="dataset name or id")
-    parser.add_argument("-c", required=True, help="configuration (as the teacher's)")
-    parser.add_argument("-tr", required=True, help="the teacher's trainer (a trained nnU-Net model)")
-    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("-f", nargs="+", required=True,
-                        help="the teacher's folds: one fold (its own students' default) or several (an ensemble)")
-    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
+    add_model_arguments(parser, "the teacher's", trainer_help="the teacher's trainer (a trained nnU-Net model)",
+                        folds_help="the teacher's folds: one fold (its own students' default) or several (an ensemble)")
     parser.add_argument("--min-confidence", type=float, default=0.9,
                         help="voxels whose top probability is below this get the ignore label (default 0.9)")
     parser.add_argument("--round", type=int, default=1, help="self-training round these pseudo-labels are for")
