@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import pathlib
+import signal
 import subprocess
 import sys
+import time
 from typing import Dict, List, Optional
 
 import pytest
@@ -26,6 +29,20 @@ def run_cli(args: List[str], env: Dict[str, str], timeout: float = 900, expect_f
         pytest.fail(f"{' '.join(command)} exited {result.returncode}\n--- stdout ---\n{result.stdout[-6000:]}"
                     f"\n--- stderr ---\n{result.stderr[-6000:]}")
     return result
+
+
+def kill_at_first_output(args: List[str], env: Dict[str, str], folder: pathlib.Path, pattern: str,
+                         timeout: float = 300) -> int:
+    """Start a console script, SIGKILL it as soon as ``folder`` holds a file matching ``pattern`` (what it
+    writes per finished case); returns how many such files were there after the kill."""
+    command = [os.path.join(BIN, args[0])] + [str(a) for a in args[1:]]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not list(folder.glob(pattern)):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return len(list(folder.glob(pattern)))
 
 
 def train_in_process(monkeypatch, env: Dict[str, str], dataset_id, configuration: str, fold: str, trainer: str,

@@ -23,15 +23,12 @@ import csv
 import json
 import os
 import shutil
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import BIN, run_cli
+from helpers import kill_at_first_output, run_cli
 
 pytestmark = pytest.mark.integration
 TRAINER = "nnUNetTrainerPlugin"
@@ -97,7 +94,7 @@ def predicted(nnunet_dataset, model, tmp_path_factory):
         source = next(p for p in (raw / "imagesUnlabeled", raw / "imagesTr") if (p / f"{case}_0000.nii.gz").exists())
         os.symlink(source / f"{case}_0000.nii.gz", inputs / f"{case}_0000.nii.gz")
     run_cli(["nnUNetv2_predict", "-i", inputs, "-o", outputs, "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0,
-             "-tr", TRAINER, "-device", "cpu", "--save_probabilities", "-npp", 1, "-nps", 1], env)
+             "-tr", TRAINER, "-device", "cpu", "--save_probabilities", "-npp", 0, "-nps", 0], env)
     return outputs
 
 
@@ -207,14 +204,7 @@ def test_killed_suggestion_resumes_to_the_same_result(nnunet_dataset, model, ent
     root, preprocessed, env = model
     output = tmp_path / "killed"
     command = suggest_command(nnunet_dataset, "entropy", POOL_SIZE, "-o", output)
-    process = subprocess.Popen([os.path.join(BIN, command[0])] + [str(a) for a in command[1:]], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((output / "cases").glob("*.npz")):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done = len(list((output / "cases").glob("*.npz")))
+    done = kill_at_first_output(command, env, output / "cases", "*.npz")
     assert 1 <= done < POOL_SIZE
     assert not (output / "suggestions.csv").exists() and not (output / "montages").exists()
     capsys.readouterr()

@@ -42,7 +42,7 @@ def _train_and_predict(dataset, tmp_path, trainer):
     predictions = tmp_path / "predictions"
     run_cli(["nnUNetv2_predict", "-i", dataset.raw / dataset.dataset_name / "imagesTs", "-o", predictions,
              "-d", dataset.dataset_id, "-c", "2d", "-f", 0, "-tr", trainer, "-device", "cpu", "--disable_tta",
-             "-npp", 1, "-nps", 1], env)
+             "-npp", 0, "-nps", 0], env)
     assert sorted(p.name for p in predictions.glob("*.nii.gz")) == ["test_012.nii.gz", "test_013.nii.gz"]
     checkpoint = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert checkpoint["ssl_iteration"] == 2

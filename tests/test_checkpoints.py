@@ -209,7 +209,7 @@ def test_each_model_stored_once_and_old_checkpoints_load(nnunet_dataset, tmp_pat
     predictions = tmp_path / "predictions"
     run_cli(["nnUNetv2_predict", "-i", nnunet_dataset.raw / nnunet_dataset.dataset_name / "imagesTs", "-o",
              predictions, "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0, "-tr", TRAINER, "-device", "cpu",
-             "--disable_tta", "-npp", 1, "-nps", 1], env)
+             "--disable_tta", "-npp", 0, "-nps", 0], env)
     assert sorted(p.name for p in predictions.glob("*.nii.gz")) == ["test_012.nii.gz", "test_013.nii.gz"]
     run_cli(["nnUNetv2_train", nnunet_dataset.dataset_id, "2d", 0, "-tr", TRAINER, "-device", "cpu", "--c"],
             nnunet_dataset.env(nnUNet_results=results, nnUNet_sss_num_epochs=2))

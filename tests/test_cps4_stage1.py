@@ -90,5 +90,5 @@ def test_stage2_trainer_after_stage1_then_predict(nnunet_dataset, stage1_env):
         weights.unlink()  # prediction must not need the stage-1 model
     run_cli(["nnUNetv2_predict", "-i", nnunet_dataset.raw / nnunet_dataset.dataset_name / "imagesTs", "-o",
              tmp_path / "predictions", "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0, "-tr",
-             "nnUNetTrainerCPS4", "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], env)
+             "nnUNetTrainerCPS4", "-device", "cpu", "--disable_tta", "-npp", 0, "-nps", 0], env)
     assert len(list((tmp_path / "predictions").glob("*.nii.gz"))) == 2

@@ -100,7 +100,7 @@ def test_unimatch_3d_train_and_predict(nnunet_dataset, tmp_path):
     predictions = tmp_path / "predictions"
     run_cli(["nnUNetv2_predict", "-i", nnunet_dataset.raw / nnunet_dataset.dataset_name / "imagesTs", "-o", predictions,
              "-d", nnunet_dataset.dataset_id, "-c", "3d_fullres", "-f", 0, "-tr", "nnUNetTrainerUniMatchV2",
-             "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], env)
+             "-device", "cpu", "--disable_tta", "-npp", 0, "-nps", 0], env)  # sequential (Mean Teacher's: workers)
     run_cli(["nnUNetv2_evaluate_simple", nnunet_dataset.raw / nnunet_dataset.dataset_name / "labelsTs", predictions,
              "-l", 1, 2], env)
     summary = json.loads((predictions / "summary.json").read_text())

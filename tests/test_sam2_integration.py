@@ -36,7 +36,7 @@ def predict_and_check(dataset, results, configuration, tmp_path):
     (tmp_path / "input").mkdir()
     shutil.copy(image, tmp_path / "input" / image.name)
     run_cli(["nnUNetv2_predict", "-i", tmp_path / "input", "-o", tmp_path / "predicted", "-d", dataset.dataset_id,
-             "-c", configuration, "-f", 0, "-tr", TRAINER, "-device", "cpu", "-npp", 1, "-nps", 1, "--disable_tta"],
+             "-c", configuration, "-f", 0, "-tr", TRAINER, "-device", "cpu", "-npp", 0, "-nps", 0, "--disable_tta"],
             env, timeout=600)
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "predicted" / image.name.replace("_0000", ""))))
     assert labels.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(image))).shape

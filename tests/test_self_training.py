@@ -19,16 +19,13 @@ import json
 import os
 import pickle
 import shutil
-import signal
-import subprocess
-import time
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from helpers import BIN, run_cli, train_in_process
+from helpers import kill_at_first_output, run_cli, train_in_process
 from test_user_errors import assert_user_error
 
 pytestmark = pytest.mark.integration
@@ -68,7 +65,7 @@ def test_pseudo_labels_are_nnunet_predictions_and_ignore_the_unsure_voxels(nnune
     predicted = tmp_path / "predicted"
     run_cli(["nnUNetv2_predict", "-i", nnunet_dataset.raw / nnunet_dataset.dataset_name / "imagesUnlabeled",
              "-o", predicted, "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0, "-tr", TEACHER, "-device", "cpu",
-             "--disable_tta", "-npp", 1, "-nps", 1], env)
+             "--disable_tta", "-npp", 0, "-nps", 0], env)
     cases = sorted(p.name for p in predicted.glob("*.nii.gz"))
     assert len(cases) == 4
     for name in cases:
@@ -108,14 +105,8 @@ def test_killed_pseudo_labelling_resumes_to_the_same_result(nnunet_dataset, teac
     shutil.copytree(preprocessed, second, symlinks=True, ignore=shutil.ignore_patterns("pseudo_labels"))
     env = {**env, "nnUNet_preprocessed": str(second)}
     killed_pool = pool_of(second, nnunet_dataset)
-    process = subprocess.Popen([os.path.join(BIN, "nnUNetv2_sss_pseudo_label")] + [str(a) for a in pseudo_label_command(
-        nnunet_dataset, "--min-confidence", "0.6")[1:]], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((killed_pool / "preprocessed").glob("*.pkl")):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    done_at_kill = len(list((killed_pool / "preprocessed").glob("*.pkl")))
+    done_at_kill = kill_at_first_output(pseudo_label_command(nnunet_dataset, "--min-confidence", "0.6"), env,
+                                        killed_pool / "preprocessed", "*.pkl")
     assert 1 <= done_at_kill < 4
     result = run_cli(pseudo_label_command(nnunet_dataset, "--min-confidence", "0.6"), env)
     assert f"({done_at_kill} already done)" in result.stdout
@@ -169,7 +160,7 @@ def test_student_trains_validates_on_labeled_cases_only_and_predicts(nnunet_data
     predictions = tmp_path / "predictions"
     run_cli(["nnUNetv2_predict", "-i", nnunet_dataset.raw / nnunet_dataset.dataset_name / "imagesTs", "-o", predictions,
              "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0, "-tr", STUDENT, "-device", "cpu", "--disable_tta",
-             "-npp", 1, "-nps", 1], env)
+             "-npp", 0, "-nps", 0], env)
     assert len(list(predictions.glob("*.nii.gz"))) == 2
 
 

@@ -42,7 +42,7 @@ def test_sss_2d_with_sam2_checkpoint_then_predict_without_it(nnunet_dataset, tmp
     predictions = tmp_path / "predictions"
     run_cli(["nnUNetv2_predict", "-i", nnunet_dataset.raw / nnunet_dataset.dataset_name / "imagesTs", "-o",
              predictions, "-d", nnunet_dataset.dataset_id, "-c", "2d", "-f", 0, "-tr", "nnUNetTrainerSSS",
-             "-device", "cpu", "--disable_tta", "-npp", 1, "-nps", 1], nnunet_dataset.env(nnUNet_results=results))
+             "-device", "cpu", "--disable_tta", "-npp", 0, "-nps", 0], nnunet_dataset.env(nnUNet_results=results))
     assert len(list(predictions.glob("*.nii.gz"))) == 2
 
     # beyond the paper: PCSW + prompt-head refinement of the prediction, plain output alongside

@@ -1,7 +1,6 @@
 """SSS / UniMatch V2 as published: the order of DFE and complementary dropout, UniMatch V2's
 unlabeled-loss normalisation (against a transcription of the upstream lines), the PCSW
 refinement's labels and confidences, and the ablations' identical unlabeled batches."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -179,9 +179,12 @@ class Study:
                                     "-p", args.p, "-device", args.device] + start_from,
                                    env, os.path.join(logs, f"{run.trainer}_train.log"))
         images, labels, evaluated = self.workspace.evaluation_folders(run, preprocessed_root)
+        # on the CPU nnU-Net's preprocessing and export processes only add their start-up (5 of 13 s for a
+        # tiny test set): its sequential prediction there, one process each beside the GPU
+        workers = "0" if args.device == "cpu" else "1"
         run_logged(["nnUNetv2_predict", "-i", images, "-o", predictions, "-d", self.dataset, "-c", args.c,
                     "-f", str(args.fold), "-tr", trainer, "-p", args.p, "-device", args.device,
-                    "-npp", "1", "-nps", "1", "--disable_progress_bar"] +
+                    "-npp", workers, "-nps", workers, "--disable_progress_bar"] +
                    (["--disable_tta"] if args.disable_tta else []),
                    env, os.path.join(logs, f"{run.trainer}_predict.log"))
         result = evaluate_folders(labels, predictions, self.dataset_json, num_processes=1)

@@ -101,7 +101,7 @@ def summary_markdown(rows: Sequence[dict], trainers: Sequence[str], counts: Sequ
             lines += _paired_lines(rows, [(t, nnunet_trainer(t)) for t in pretrained], counts)
         if ceiling_rows:
             ceiling = values_by_seed(rows, supervised, ALL)
-            lines += [f"## Share of the gap to the ceiling closed", "",
+            lines += ["## Share of the gap to the ceiling closed", "",
                       f"(trainer − supervised) / (ceiling − supervised), mean Dice over the seeds all three have; "
                       f"{ceiling_label}. 100 % = as good as all labels, 0 % = no better than supervised "
                       f"with the same labels, negative = worse.", "",
