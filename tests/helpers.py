@@ -11,11 +11,13 @@ from typing import Dict, List, Optional
 
 import pytest
 
+from nnunetv2_sss.evaluation.study.executor import cpu_share
+
 BIN = os.path.dirname(sys.executable)
 # the suite's pytest-xdist workers share the machine's cores: each test's trainings get their share of torch
-# threads (nnUNet_sss_cpu_threads, OMP_NUM_THREADS), as the study's --jobs N gives its jobs, not one per core
-# each (nnU-Net's default on the CPU): two workers with two threads each ran the suite 1.4x slower
-CPU_SHARE = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+# threads (nnUNet_sss_cpu_threads, OMP_NUM_THREADS), the study's --jobs N share, not one per core each
+# (nnU-Net's default on the CPU): two workers with two threads each ran the suite 1.15x slower
+CPU_SHARE = str(cpu_share(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 
 
 def run_cli(args: List[str], env: Dict[str, str], timeout: float = 900, expect_failure: bool = False,
